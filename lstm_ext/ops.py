@@ -1,0 +1,113 @@
+"""Typed wrappers over ``torch.ops.lstm_ext``, their fake kernels and autograd.
+
+Data flows one way: modules -> these wrappers -> the dispatcher -> a backend
+kernel. The fake kernels give shapes only, so ``torch.compile`` and
+``torch.library.opcheck`` can trace the ops without running them.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _C  # noqa: F401  (loads the library that registers the ops)
+
+__all__ = ["lstm_layer"]
+
+_forward_op = torch.ops.lstm_ext.lstm_forward.default
+_backward_op = torch.ops.lstm_ext.lstm_backward.default
+
+
+def lstm_layer(
+    x: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    bias: Optional[Tensor],
+    h0: Tensor,
+    c0: Tensor,
+    reverse: bool = False,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """One LSTM layer in one direction over a whole sequence.
+
+    Shapes: ``x [T,B,I]``, ``w_ih [4H,I]``, ``w_hh [4H,H]``, ``bias [4H]``
+    (``b_ih + b_hh``) or None, ``h0`` and ``c0 [B,H]``. Returns ``y [T,B,H]``,
+    ``h_n [B,H]`` and ``c_n [B,H]``. ``reverse=True`` runs from the last step
+    to the first; ``y[t]`` stays aligned with ``x[t]``. Differentiable in
+    every tensor argument.
+    """
+    save = _needs_grad(x, w_ih, w_hh, bias, h0, c0)
+    y, h_n, c_n, _, _ = _forward_op(x, w_ih, w_hh, bias, h0, c0, reverse, save)
+    return y, h_n, c_n
+
+
+def _needs_grad(*tensors: Optional[Tensor]) -> bool:
+    """Whether autograd will need the activations the forward can save."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+@torch.library.register_fake("lstm_ext::lstm_forward")
+def _lstm_forward_fake(x, w_ih, w_hh, bias, h0, c0, reverse, save_for_backward):
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    y = x.new_empty((T, B, H))
+    h_n = x.new_empty((B, H))
+    c_n = x.new_empty((B, H))
+    if save_for_backward:
+        return y, h_n, c_n, x.new_empty((T, B, 4 * H)), x.new_empty((T, B, H))
+    return y, h_n, c_n, x.new_empty((0,)), x.new_empty((0,))
+
+
+@torch.library.register_fake("lstm_ext::lstm_backward")
+def _lstm_backward_fake(
+    grad_y, grad_h_n, grad_c_n, grad_cells, x, w_ih, w_hh, h0, c0, y, gates, cells, reverse, need_grad_x
+):
+    grad_x = torch.empty_like(x) if need_grad_x else x.new_empty((0,))
+    return (
+        grad_x,
+        torch.empty_like(w_ih),
+        torch.empty_like(w_hh),
+        w_hh.new_empty((w_hh.shape[0],)),
+        torch.empty_like(h0),
+        torch.empty_like(c0),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    x, w_ih, w_hh, bias, h0, c0, reverse, save_for_backward = inputs
+    y, _, _, gates, cells = output
+    ctx.reverse = reverse
+    ctx.saved = save_for_backward
+    ctx.has_bias = bias is not None
+    ctx.mark_non_differentiable(gates)
+    # Absent output gradients stay None, and the kernel reads None as zero,
+    # instead of autograd materialising [T,B,H] tensors of zeros.
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(x, w_ih, w_hh, h0, c0, y, gates, cells)
+
+
+def _lstm_forward_backward(ctx, grad_y, grad_h_n, grad_c_n, _grad_gates, grad_cells):
+    if not ctx.saved:
+        raise RuntimeError(
+            "lstm_ext::lstm_forward was called with save_for_backward=False, so it kept no "
+            "activations to differentiate. Call it with save_for_backward=True when gradients "
+            "are needed (lstm_ext.ops.lstm_layer decides this automatically)."
+        )
+    x, w_ih, w_hh, h0, c0, y, gates, cells = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    grad_x, grad_w_ih, grad_w_hh, grad_bias, grad_h0, grad_c0 = _backward_op(
+        grad_y, grad_h_n, grad_c_n, grad_cells, x, w_ih, w_hh, h0, c0, y, gates, cells, ctx.reverse, needs[0]
+    )
+    return (
+        grad_x if needs[0] else None,
+        grad_w_ih if needs[1] else None,
+        grad_w_hh if needs[2] else None,
+        grad_bias if ctx.has_bias and needs[3] else None,
+        grad_h0 if needs[4] else None,
+        grad_c0 if needs[5] else None,
+        None,
+        None,
+    )
+
+
+torch.library.register_autograd("lstm_ext::lstm_forward", _lstm_forward_backward, setup_context=_setup_context)

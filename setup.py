@@ -1,0 +1,98 @@
+"""Build lstm_ext's C++ (and, when available, CUDA) extension.
+
+The choice between a CppExtension and a CUDAExtension follows the installed
+torch and the toolchain: CUDA is built when torch was built with CUDA and nvcc
+is found. ``USE_CUDA=0`` or ``USE_CUDA=1`` overrides that choice, so a build on
+a GPU-less machine is never silently CPU-only by accident.
+
+Build without isolation, so the torch that is already installed is the one the
+extension is compiled against::
+
+    pip install --no-build-isolation -e .
+"""
+import glob
+import os
+import shutil
+
+from setuptools import find_packages, setup
+from torch.utils import cpp_extension
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _cuda_requested() -> bool:
+    override = os.environ.get("USE_CUDA")
+    if override is not None:
+        return override.strip().lower() not in ("0", "false", "off", "no", "")
+    import torch
+
+    has_nvcc = cpp_extension.CUDA_HOME is not None or shutil.which("nvcc") is not None
+    return torch.version.cuda is not None and has_nvcc
+
+
+def _cpu_isa_flags() -> list:
+    """Vector ISA for ATen's at::vec in our CPU kernels, for the machine we build on.
+
+    ATen picks its Vectorized<T> implementation from CPU_CAPABILITY_* macros;
+    without them it falls back to scalar loops. ``LSTM_EXT_CPU_ISA`` may force
+    ``avx512``, ``avx2`` or ``default`` (e.g. to build for an older machine).
+    """
+    isa = os.environ.get("LSTM_EXT_CPU_ISA", "").lower()
+    if not isa:
+        flags = ""
+        try:
+            with open("/proc/cpuinfo") as f:
+                flags = f.read()
+        except OSError:
+            pass
+        if all(f" {x}" in flags for x in ("avx512f", "avx512bw", "avx512vl", "avx512dq")):
+            isa = "avx512"
+        elif " avx2" in flags and " fma" in flags:
+            isa = "avx2"
+        else:
+            isa = "default"
+    if isa == "avx512":
+        return ["-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512",
+                "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma"]
+    if isa == "avx2":
+        return ["-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2", "-mavx2", "-mfma", "-mf16c"]
+    return ["-DCPU_CAPABILITY=DEFAULT"]
+
+
+def _extension():
+    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    cxx_flags = ["-O3", "-std=c++20", "-fvisibility=hidden", "-Wall", "-Wno-unused-parameter"] + _cpu_isa_flags()
+    sanitize = os.environ.get("LSTM_EXT_SANITIZE", "")
+    extra_link = []
+    if sanitize:
+        cxx_flags += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-g"]
+        extra_link += [f"-fsanitize={sanitize}"]
+    if _cuda_requested():
+        cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")) + glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
+        return cpp_extension.CUDAExtension(
+            "lstm_ext._C",
+            sources + cuda_sources,
+            include_dirs=[os.path.join(ROOT, "csrc")],
+            define_macros=[("LSTM_EXT_WITH_CUDA", "1")],
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++20", "--use_fast_math"]},
+            extra_link_args=extra_link,
+        )
+    return cpp_extension.CppExtension(
+        "lstm_ext._C",
+        sources,
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        extra_compile_args={"cxx": cxx_flags},
+        extra_link_args=extra_link,
+    )
+
+
+setup(
+    name="lstm_ext",
+    version="0.1.0",
+    description="Fused LSTM kernels for PyTorch: a drop-in torch.nn.LSTM",
+    packages=find_packages(include=["lstm_ext", "lstm_ext.*"]),
+    ext_modules=[_extension()],
+    cmdclass={"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)},
+    python_requires=">=3.10",
+    install_requires=["torch>=2.4"],
+)
