@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from .ops import lstm_layer
+from .ops import SUPPORTED_DEVICE_TYPES, lstm_layer
 
 __all__ = ["LSTM", "LSTMCell", "HiddenStateError"]
 
@@ -69,6 +69,14 @@ def _check_state_like(state: Tensor, name: str, input: Tensor) -> None:
         )
     if state.dtype != input.dtype:
         raise RuntimeError(f"expected {name} of dtype {input.dtype} (the dtype of input), got {state.dtype}")
+
+
+def _check_device_supported(input: Tensor, module: str) -> None:
+    if input.device.type not in SUPPORTED_DEVICE_TYPES:
+        raise NotImplementedError(
+            f"{module}: this build of lstm_ext has no kernels for device type "
+            f"'{input.device.type}' (it supports: {', '.join(sorted(SUPPORTED_DEVICE_TYPES))})"
+        )
 
 
 def _check_input_dtype(input: Tensor, weight: Tensor) -> None:
@@ -206,6 +214,7 @@ class LSTM(nn.Module):
                 f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {input.size(-1)}"
             )
         _check_input_dtype(input, self.weight_ih_l0)
+        _check_device_supported(input, "LSTM")
 
     def _initial_state(self, input: Tensor, hx, batched: bool) -> Tuple[Tensor, Tensor]:
         """(h_0, c_0) as [L*D, B, H] tensors, input in time-major [T, B, I]."""
@@ -314,6 +323,7 @@ class LSTMCell(nn.Module):
                 f"input has inconsistent input_size: got {input.size(-1)} expected {self.input_size}"
             )
         _check_input_dtype(input, self.weight_ih)
+        _check_device_supported(input, "LSTMCell")
         batched = input.dim() == 2
         if not batched:
             input = input.unsqueeze(0)

@@ -13,10 +13,19 @@ from torch import Tensor
 
 from . import _C  # noqa: F401  (loads the library that registers the ops)
 
-__all__ = ["lstm_layer"]
+__all__ = ["lstm_layer", "SUPPORTED_DEVICE_TYPES"]
 
 _forward_op = torch.ops.lstm_ext.lstm_forward.default
 _backward_op = torch.ops.lstm_ext.lstm_backward.default
+
+# Device types this build has kernels for ("meta" runs the fake kernels).
+# Read once at import, so the modules can give a clear error for, say, a CUDA
+# tensor on a CPU-only build, without a per-call dispatcher query.
+SUPPORTED_DEVICE_TYPES = frozenset(
+    device
+    for device, key in (("cpu", "CPU"), ("cuda", "CUDA"), ("meta", "Meta"))
+    if torch._C._dispatch_has_kernel_for_dispatch_key("lstm_ext::lstm_forward", key)
+)
 
 
 def lstm_layer(
@@ -62,14 +71,16 @@ def _lstm_forward_fake(x, w_ih, w_hh, bias, h0, c0, reverse, save_for_backward):
 def _lstm_backward_fake(
     grad_y, grad_h_n, grad_c_n, grad_cells, x, w_ih, w_hh, h0, c0, y, gates, cells, reverse, need_grad_x
 ):
-    grad_x = torch.empty_like(x) if need_grad_x else x.new_empty((0,))
+    # The real kernels return fresh contiguous tensors whatever the inputs'
+    # strides, so the fakes use new_empty(shape), never empty_like.
+    grad_x = x.new_empty(x.shape) if need_grad_x else x.new_empty((0,))
     return (
         grad_x,
-        torch.empty_like(w_ih),
-        torch.empty_like(w_hh),
+        w_ih.new_empty(w_ih.shape),
+        w_hh.new_empty(w_hh.shape),
         w_hh.new_empty((w_hh.shape[0],)),
-        torch.empty_like(h0),
-        torch.empty_like(c0),
+        h0.new_empty(h0.shape),
+        c0.new_empty(c0.shape),
     )
 
 
