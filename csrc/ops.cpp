@@ -6,7 +6,6 @@
 //
 // Every op runs ONE layer in ONE direction over the whole sequence.
 // Letters: T time steps, B batch, I input features, H hidden units.
-#include <Python.h>
 #include <torch/library.h>
 
 TORCH_LIBRARY(lstm_ext, m) {
@@ -34,11 +33,4 @@ TORCH_LIBRARY(lstm_ext, m) {
       "Tensor cells, bool reverse, bool need_grad_x) -> "
       "(Tensor grad_x, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_bias, Tensor grad_h0, "
       "Tensor grad_c0)");
-}
-
-// `import lstm_ext._C` loads this library, which runs the registrations above.
-// The module itself exposes nothing: everything is reached via torch.ops.
-PyMODINIT_FUNC PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
 }

@@ -4,8 +4,8 @@
 same parameters and return the same values as their torch.nn counterparts.
 """
 from . import ops
-from .modules import LSTM, LSTMCell, HiddenStateError
+from .modules import LSTM, LSTMCell, HiddenStateError, SizeArgumentError
 
 __version__ = "0.1.0"
 
-__all__ = ["LSTM", "LSTMCell", "HiddenStateError", "ops", "__version__"]
+__all__ = ["LSTM", "LSTMCell", "HiddenStateError", "SizeArgumentError", "ops", "__version__"]

@@ -21,22 +21,31 @@ from torch.nn.utils.rnn import PackedSequence
 
 from .ops import SUPPORTED_DEVICE_TYPES, lstm_layer
 
-__all__ = ["LSTM", "LSTMCell", "HiddenStateError"]
+__all__ = ["LSTM", "LSTMCell", "HiddenStateError", "SizeArgumentError"]
 
 
-class HiddenStateError(TypeError, RuntimeError):
+class HiddenStateError(TypeError, RuntimeError, IndexError):
     """``hx`` is not a pair ``(h_0, c_0)`` of tensors.
 
-    torch.nn raises TypeError for some such inputs and RuntimeError for others;
-    this is both, so code written against either keeps catching it.
+    For such inputs torch.nn raises TypeError, RuntimeError or IndexError,
+    depending on how the bad value fails deep inside it; this is all three, so
+    code written against torch.nn keeps catching it.
     """
 
 
-def _check_size_arg(name: str, value, minimum: int = 1) -> None:
+class SizeArgumentError(ValueError, RuntimeError):
+    """An invalid size passed to a constructor.
+
+    torch.nn.LSTM raises ValueError for these, torch.nn.LSTMCell RuntimeError
+    (from allocating a negative-sized weight); this is both.
+    """
+
+
+def _check_size_arg(name: str, value) -> None:
     if not isinstance(value, int):
         raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be greater than zero, got {value}")
+    if value < 1:
+        raise SizeArgumentError(f"{name} must be greater than zero, got {value}")
 
 
 def _check_dropout(dropout) -> None:
@@ -79,9 +88,18 @@ def _check_device_supported(input: Tensor, module: str) -> None:
         )
 
 
-def _check_input_dtype(input: Tensor, weight: Tensor) -> None:
+def _check_same_device(input: Tensor, weight: Tensor) -> None:
+    if input.device != weight.device:
+        raise RuntimeError(
+            "Input and parameter tensors are not at the same device, found input tensor at "
+            f"{input.device} and parameter tensor at {weight.device}"
+        )
+
+
+def _check_input_dtype(input: Tensor, weight: Tensor, error: type = ValueError) -> None:
+    """torch.nn.LSTM raises ValueError for this, torch.nn.LSTMCell RuntimeError."""
     if input.dtype != weight.dtype and not torch.is_autocast_enabled(input.device.type):
-        raise ValueError(
+        raise error(
             f"input dtype ({input.dtype}) does not match weight dtype ({weight.dtype}). Convert "
             f"input: input.to({weight.dtype}), or convert model: model.to({input.dtype})"
         )
@@ -215,6 +233,7 @@ class LSTM(nn.Module):
             )
         _check_input_dtype(input, self.weight_ih_l0)
         _check_device_supported(input, "LSTM")
+        _check_same_device(input, self.weight_ih_l0)
 
     def _initial_state(self, input: Tensor, hx, batched: bool) -> Tuple[Tensor, Tensor]:
         """(h_0, c_0) as [L*D, B, H] tensors, input in time-major [T, B, I]."""
@@ -322,8 +341,9 @@ class LSTMCell(nn.Module):
             raise RuntimeError(
                 f"input has inconsistent input_size: got {input.size(-1)} expected {self.input_size}"
             )
-        _check_input_dtype(input, self.weight_ih)
+        _check_input_dtype(input, self.weight_ih, RuntimeError)
         _check_device_supported(input, "LSTMCell")
+        _check_same_device(input, self.weight_ih)
         batched = input.dim() == 2
         if not batched:
             input = input.unsqueeze(0)

@@ -55,8 +55,25 @@ def _needs_grad(*tensors: Optional[Tensor]) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def _check_like_x(op: str, x: Tensor, **tensors: Optional[Tensor]) -> None:
+    """The device and dtype checks the real kernels make, for the fake ones.
+
+    A call that mixes devices (say one argument on "meta") dispatches to the
+    fake kernel, which must refuse it as the real kernel would instead of
+    returning uninitialised memory.
+    """
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if t.device != x.device:
+            raise RuntimeError(f"{op}: {name}: expected device {x.device} (the device of x), got {t.device}")
+        if t.dtype != x.dtype:
+            raise RuntimeError(f"{op}: {name}: expected dtype {x.dtype} (the dtype of x), got {t.dtype}")
+
+
 @torch.library.register_fake("lstm_ext::lstm_forward")
 def _lstm_forward_fake(x, w_ih, w_hh, bias, h0, c0, reverse, save_for_backward):
+    _check_like_x("lstm_forward", x, w_ih=w_ih, w_hh=w_hh, bias=bias, h0=h0, c0=c0)
     T, B, _ = x.shape
     H = w_hh.shape[1]
     y = x.new_empty((T, B, H))
@@ -71,6 +88,10 @@ def _lstm_forward_fake(x, w_ih, w_hh, bias, h0, c0, reverse, save_for_backward):
 def _lstm_backward_fake(
     grad_y, grad_h_n, grad_c_n, grad_cells, x, w_ih, w_hh, h0, c0, y, gates, cells, reverse, need_grad_x
 ):
+    _check_like_x(
+        "lstm_backward", x, grad_y=grad_y, grad_h_n=grad_h_n, grad_c_n=grad_c_n, grad_cells=grad_cells,
+        w_ih=w_ih, w_hh=w_hh, h0=h0, c0=c0, y=y, gates=gates, cells=cells,
+    )
     # The real kernels return fresh contiguous tensors whatever the inputs'
     # strides, so the fakes use new_empty(shape), never empty_like.
     grad_x = x.new_empty(x.shape) if need_grad_x else x.new_empty((0,))
@@ -122,3 +143,18 @@ def _lstm_forward_backward(ctx, grad_y, grad_h_n, grad_c_n, _grad_gates, grad_ce
 
 
 torch.library.register_autograd("lstm_ext::lstm_forward", _lstm_forward_backward, setup_context=_setup_context)
+
+
+def _refuse_double_backward(ctx, *grads):
+    raise RuntimeError(
+        "lstm_ext: double backward (differentiating the gradients of lstm_ext.LSTM, e.g. "
+        "with create_graph=True) is not supported yet. First-order gradients are unaffected."
+    )
+
+
+# create_graph=True runs the backward op under grad mode; its outputs then
+# carry this node, so a second-order gradient fails loudly instead of
+# silently coming back as None.
+torch.library.register_autograd(
+    "lstm_ext::lstm_backward", _refuse_double_backward, setup_context=lambda ctx, inputs, output: None
+)

@@ -1,0 +1,53 @@
+# lstm_ext — entry points. See README.md.
+#
+#   make bench       set up, build, benchmark lstm_ext.LSTM vs torch.nn.LSTM
+#                    (extra flags: make bench BENCH_ARGS="--quick")
+#   make test        set up, build, nvcc compile check (if nvcc is on PATH),
+#                    run the test suite
+#   make build       set up the build tools and build lstm_ext/_C*.so in place
+#   make install     pip install --no-build-isolation -e . (into $(PYTHON)'s env)
+#   make cuda-check  nvcc-compile csrc/cuda/*.cu for sm_80/sm_90 (no torch needed)
+#   make cmake       configure and build the C++ library with CMake (build/cmake)
+#   make clean       remove build outputs
+#
+# Variables: PYTHON (default python3), MAX_JOBS, BENCH_ARGS, and the build
+# options read by setup.py: USE_CUDA, LSTM_EXT_CPU_ISA, LSTM_EXT_SANITIZE.
+
+PYTHON ?= python3
+BENCH_ARGS ?=
+export PYTHON
+
+.PHONY: help test bench build install cuda-check cmake clean
+
+help:
+	@sed -n '3,15p' Makefile
+
+test:
+	bash scripts/bootstrap.sh test
+	@if command -v nvcc >/dev/null 2>&1; then \
+	  bash scripts/cuda_compile_check.sh; \
+	else \
+	  echo "[cuda-check] nvcc not on PATH: skipped"; \
+	fi
+	$(PYTHON) -m pytest -q tests
+
+bench:
+	bash scripts/bootstrap.sh bench
+	$(PYTHON) benchmarks/bench.py $(BENCH_ARGS)
+
+build:
+	bash scripts/bootstrap.sh build
+
+install:
+	$(PYTHON) -m pip install --no-build-isolation -e .
+
+cuda-check:
+	bash scripts/cuda_compile_check.sh
+
+cmake:
+	cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release
+	cmake --build build/cmake -j $${MAX_JOBS:-$$(nproc)}
+
+clean:
+	rm -rf build dist *.egg-info lstm_ext/_C*.so
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

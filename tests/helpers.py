@@ -1,0 +1,150 @@
+"""Comparison helpers shared by the test modules (not a conftest: import it)."""
+import re
+
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
+
+#: Use as ``@pytest.mark.parametrize("device", DEVICES)`` or through the
+#: ``device`` fixture in conftest.py.
+DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
+
+# float32: outputs (y, h_n, c_n) and gradients, as agreed for parity with torch.nn.
+F32_OUT = dict(atol=1e-5, rtol=1e-4)
+F32_GRAD = dict(atol=1e-4, rtol=1e-3)
+# float64: tight.
+F64_OUT = dict(atol=1e-10, rtol=1e-9)
+F64_GRAD = dict(atol=1e-9, rtol=1e-8)
+
+
+def tols(dtype):
+    """(output tolerances, gradient tolerances) for a dtype."""
+    if dtype == torch.float64:
+        return F64_OUT, F64_GRAD
+    return F32_OUT, F32_GRAD
+
+
+def assert_close(actual, expected, what="", **tol):
+    torch.testing.assert_close(actual, expected, msg=lambda m: f"{what}: {m}", **tol)
+
+
+def layout(t, kind):
+    """A tensor equal to ``t`` laid out as ``kind``.
+
+    "contig": contiguous copy; "transposed": a transposed view of a contiguous
+    tensor with the first two dims swapped; "step": a slice with step 2 in the
+    last dimension (strided rows).  The result is a leaf tensor with the same
+    requires_grad flag as ``t`` has on entry.
+    """
+    rg = t.requires_grad
+    t = t.detach()
+    if kind == "contig":
+        out = t.clone().contiguous()
+    elif kind == "transposed":
+        assert t.dim() >= 2
+        out = t.transpose(0, 1).contiguous().transpose(0, 1)
+        if t.shape[0] > 1 and t.shape[1] > 1:
+            assert not out.is_contiguous()
+    elif kind == "step":
+        big = torch.zeros(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)
+        big[..., ::2] = t
+        out = big[..., ::2]
+        if t.shape[-1] > 1:
+            assert not out.is_contiguous()
+    else:
+        raise ValueError(kind)
+    assert torch.equal(out, t)
+    if rg:
+        # keep the non-contiguous layout: make the strided view itself a leaf
+        out.requires_grad_(True)
+    return out
+
+
+def copy_params(src, dst):
+    """Load ``src``'s state_dict into ``dst`` (strict) and return ``dst``."""
+    dst.load_state_dict(src.state_dict(), strict=True)
+    return dst
+
+
+def forward_backward(module, x, hx=None, grad_seed=1234):
+    """Run ``module(x, hx)`` and backprop random cotangents into every output.
+
+    Returns (outputs, grads): outputs is a dict with "out" and, for LSTM, "h_n"
+    and "c_n" (for LSTMCell: "h", "c"); grads maps "input", "h0", "c0" (when hx
+    is given) and every parameter name to its gradient.  The random cotangents
+    depend only on ``grad_seed`` and the output shapes, so two modules given the
+    same inputs get the same cotangents.
+    """
+    leaves = {"input": x}
+    if hx is not None:
+        leaves["h0"], leaves["c0"] = hx
+    for t in leaves.values():
+        assert t.requires_grad
+    res = module(x, hx) if hx is not None else module(x)
+    if isinstance(res[1], tuple):  # LSTM: (out, (h_n, c_n))
+        outs = {"out": res[0], "h_n": res[1][0], "c_n": res[1][1]}
+    else:  # LSTMCell: (h, c)
+        outs = {"h": res[0], "c": res[1]}
+    g = torch.Generator(device="cpu").manual_seed(grad_seed)
+    cot = [torch.randn(o.shape, generator=g, dtype=o.dtype).to(o.device) for o in outs.values()]
+    params = dict(module.named_parameters())
+    names = list(leaves) + list(params)
+    tensors = list(leaves.values()) + list(params.values())
+    grads = torch.autograd.grad(list(outs.values()), tensors, cot, allow_unused=True)
+    grads = dict(zip(names, grads))
+    for k, v in grads.items():
+        assert v is not None, f"no gradient reached {k}"
+    return {k: v.detach() for k, v in outs.items()}, grads
+
+
+def assert_results_close(res_a, res_b, dtype, label=""):
+    (outs_a, grads_a), (outs_b, grads_b) = res_a, res_b
+    otol, gtol = tols(dtype)
+    assert outs_a.keys() == outs_b.keys()
+    assert grads_a.keys() == grads_b.keys()
+    for k in outs_a:
+        assert outs_a[k].shape == outs_b[k].shape, (k, outs_a[k].shape, outs_b[k].shape)
+        assert_close(outs_a[k], outs_b[k], f"{label} output {k}", **otol)
+    for k in grads_a:
+        assert grads_a[k].shape == grads_b[k].shape, (k, grads_a[k].shape, grads_b[k].shape)
+        assert_close(grads_a[k], grads_b[k], f"{label} grad {k}", **gtol)
+
+
+def leaf(t):
+    return t.detach().clone().requires_grad_(True)
+
+
+# --- message matchers ---------------------------------------------------------
+
+def shape_re(shape):
+    """Regex matching a shape written as (2, 3), [2, 3], torch.Size([2, 3]) or 2x3."""
+    shape = [int(s) for s in shape]
+    comma = r",\s*".join(str(s) for s in shape)
+    times = r"\s*x\s*".join(str(s) for s in shape)
+    return rf"(\b|^){comma}(\b|$)|(\b|^){times}(\b|$)"
+
+
+_DTYPE_RE = {
+    torch.float64: r"float64|[Dd]ouble",
+    torch.float32: r"float32|\bFloat\b|\bfloat\b",
+    torch.float16: r"float16|\bHalf\b|\bhalf\b",
+    torch.bfloat16: r"bfloat16|BFloat16",
+    torch.int64: r"int64|\bLong\b|\blong\b",
+}
+
+
+def dtype_re(dtype):
+    return _DTYPE_RE[dtype]
+
+
+def num_re(n):
+    """Regex matching the number n as a standalone token (not part of 123)."""
+    return rf"(?<![\d.]){re.escape(str(n))}(?![\d])"
+
+
+def assert_message(exc, *patterns):
+    msg = str(exc)
+    for p in patterns:
+        assert re.search(p, msg), f"message {msg!r} does not match {p!r}"
