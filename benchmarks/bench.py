@@ -1,0 +1,812 @@
+#!/usr/bin/env python3
+"""Time lstm_ext.LSTM against torch.nn.LSTM, for inference and for training.
+
+Both implementations get identical weights and inputs and run interleaved in
+one process, so slow drifts of the machine (frequency, other load) hit both
+alike. Results go to a table on stdout, a JSON record and a PNG chart under
+benchmarks/results/. See benchmarks/README.md.
+
+    python3 benchmarks/bench.py                  # default suite, both modes
+    python3 benchmarks/bench.py --quick          # smoke test, a few seconds
+    python3 benchmarks/bench.py --shapes 100x32x256x256 50x8x128x128:L2:bi
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import gc
+import importlib
+import json
+import math
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, asdict
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+# Other processes' share of CPU time above which the results are flagged.
+BUSY_WARN = 0.15
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Run as `python3 benchmarks/bench.py`, sys.path[0] is benchmarks/, which would
+# hide an in-place build (`setup.py build_ext --inplace`) of the checkout; the
+# checkout is what the recorded git commit describes, so it goes first.
+if REPO_ROOT not in sys.path:
+    sys.path.insert(0, REPO_ROOT)
+
+
+# --------------------------------------------------------------------------- shapes
+
+@dataclass(frozen=True)
+class Shape:
+    T: int
+    B: int
+    I: int
+    H: int
+    layers: int = 1
+    bidirectional: bool = False
+
+    @property
+    def label(self) -> str:
+        s = f"T{self.T} B{self.B} I{self.I} H{self.H}"
+        if self.layers != 1:
+            s += f" L{self.layers}"
+        if self.bidirectional:
+            s += " bi"
+        return s
+
+    @property
+    def spec(self) -> str:
+        """The --shapes syntax that reproduces this shape."""
+        s = f"{self.T}x{self.B}x{self.I}x{self.H}"
+        if self.layers != 1:
+            s += f":L{self.layers}"
+        if self.bidirectional:
+            s += ":bi"
+        return s
+
+
+DEFAULT_SUITE = [
+    Shape(100, 32, 256, 256),
+    Shape(100, 64, 512, 512),
+    Shape(200, 8, 64, 64),
+    Shape(50, 1, 256, 256),
+    Shape(200, 1, 64, 64),
+    Shape(100, 4, 128, 128, layers=2),
+    Shape(50, 32, 256, 256, layers=2),
+    Shape(100, 16, 128, 128, bidirectional=True),
+]
+
+# Small enough to finish in seconds, but still covering every code path the
+# default suite touches (multi-layer, bidirectional, batch of one).
+QUICK_SUITE = [
+    Shape(20, 4, 32, 32),
+    Shape(10, 1, 16, 32),
+    Shape(10, 2, 16, 16, layers=2, bidirectional=True),
+]
+
+_SHAPE_RE = re.compile(r"^(\d+)x(\d+)x(\d+)x(\d+)((?::[^:]+)*)$")
+
+
+def parse_shape(text: str) -> Shape:
+    """Parse `TxBxIxH[:L<layers>][:bi]`, e.g. `100x32x256x256:L2:bi`."""
+    m = _SHAPE_RE.match(text.strip().lower())
+    if not m:
+        raise argparse.ArgumentTypeError(
+            f"bad shape {text!r}: expected TxBxIxH[:L<layers>][:bi], e.g. 100x32x256x256:L2:bi")
+    T, B, I, H = (int(g) for g in m.groups()[:4])
+    layers, bidir = 1, False
+    for opt in filter(None, m.group(5).split(":")):
+        if opt in ("bi", "bidir", "bidirectional"):
+            bidir = True
+        elif re.fullmatch(r"l\d+", opt):
+            layers = int(opt[1:])
+        else:
+            raise argparse.ArgumentTypeError(f"bad shape option {opt!r} in {text!r}: use L<layers> or bi")
+    if min(T, B, I, H, layers) < 1:
+        raise argparse.ArgumentTypeError(f"bad shape {text!r}: all sizes must be >= 1")
+    return Shape(T, B, I, H, layers, bidir)
+
+
+def lstm_flops(shape: Shape, mode: str) -> float:
+    """Matmul flops of one call; elementwise gate math is ignored.
+
+    Per layer and direction the input and recurrent projections are
+    2*T*B*4H*(I_l + H). Training counts 3x forward: the backward needs one
+    product for the input gradient and one for the weight gradient, which is
+    also why the benchmark input requires grad.
+    """
+    dirs = 2 if shape.bidirectional else 1
+    total = 0.0
+    for layer in range(shape.layers):
+        in_l = shape.I if layer == 0 else shape.H * dirs
+        total += dirs * 2.0 * shape.T * shape.B * 4 * shape.H * (in_l + shape.H)
+    return total * (3.0 if mode == "training" else 1.0)
+
+
+# --------------------------------------------------------------------------- environment
+
+def slugify(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown-cpu"
+
+
+def _cpu_slug(model: str) -> str:
+    # Vendor decorations and the clock suffix only make names long.
+    model = re.sub(r"\((r|tm|c)\)", " ", model, flags=re.I)
+    model = re.sub(r"@.*$", "", model)
+    model = re.sub(r"\b(cpu|processor)\b", " ", model, flags=re.I)
+    return slugify(model) or "unknown"
+
+
+def machine_slug(device: torch.device, threads: int) -> str:
+    if device.type == "cuda":
+        return "cuda-" + slugify(torch.cuda.get_device_name(device))
+    return f"cpu-{_cpu_slug(cpu_model())}-{threads}t"
+
+
+def git_commit() -> Optional[str]:
+    """Short HEAD, with -dirty when tracked sources differ; None without git/commits."""
+    def git(*args):
+        return subprocess.run(["git", "-C", REPO_ROOT, *args], capture_output=True, text=True, timeout=10)
+    try:
+        head = git("rev-parse", "--short", "HEAD")
+        if head.returncode != 0:
+            return None
+        # Results written by this tool must not make the tree count as dirty.
+        st = git("status", "--porcelain", "--", ".", ":(exclude)benchmarks/results")
+        return head.stdout.strip() + ("-dirty" if st.returncode == 0 and st.stdout.strip() else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class LoadMeter:
+    """CPU share that *other* processes used since construction, on Linux.
+
+    All CPUs' busy time from /proc/stat minus this process's own CPU time,
+    over wall time x CPUs. On a shared 2-core box a concurrent compile makes
+    torch's OpenMP threads fight for cores and timings balloon by up to 100x;
+    this is how such cases get noticed, retried and flagged.
+    """
+
+    def __init__(self):
+        self.start = self._snap()
+
+    @staticmethod
+    def _snap():
+        try:
+            with open("/proc/stat") as f:
+                v = [int(x) for x in f.readline().split()[1:9]]
+        except (OSError, ValueError):
+            return None
+        # guest time is already inside user; steal is time the host took from us.
+        busy = sum(v) - v[3] - v[4]
+        t = os.times()
+        return time.perf_counter(), busy / os.sysconf("SC_CLK_TCK"), t.user + t.system
+
+    def other_load(self) -> Optional[float]:
+        end = self._snap()
+        if self.start is None or end is None:
+            return None
+        wall = end[0] - self.start[0]
+        other = (end[1] - self.start[1]) - (end[2] - self.start[2])
+        return min(1.0, max(0.0, other / max(wall * (os.cpu_count() or 1), 1e-9)))
+
+
+def cpu_busy_fraction(interval: float = 0.5) -> Optional[float]:
+    meter = LoadMeter()
+    time.sleep(interval)
+    return meter.other_load()
+
+
+def wait_for_idle(max_wait: float, threshold: float) -> Optional[float]:
+    """Sleep until other processes leave the CPUs (two quiet seconds) or max_wait passes."""
+    deadline = time.perf_counter() + max_wait
+    quiet, load = 0, cpu_busy_fraction(1.0)
+    while load is not None and time.perf_counter() < deadline:
+        quiet = quiet + 1 if load <= threshold else 0
+        if quiet >= 2:
+            break
+        load = cpu_busy_fraction(1.0)
+    return load
+
+
+def load_ext(module_name: str):
+    """Import the implementation under test; fail loudly rather than fall back."""
+    try:
+        mod = importlib.import_module(module_name)
+    except Exception as e:  # an ImportError or a crash in the extension's init
+        sys.exit(f"error: cannot import {module_name!r}: {type(e).__name__}: {e}\n"
+                 f"Build it first, e.g. `python3 setup.py build_ext --inplace` (or `make build`) in {REPO_ROOT}.")
+    cls = getattr(mod, "LSTM", None)
+    if cls is None:
+        where = getattr(mod, "__file__", None) or list(getattr(mod, "__path__", []))
+        sys.exit(f"error: {module_name!r} (from {where}) has no attribute LSTM; "
+                 f"the extension is probably not built yet: `python3 setup.py build_ext --inplace` or `make build`.")
+    if cls is torch.nn.LSTM:
+        # Timing torch against itself would produce plausible-looking nonsense.
+        sys.exit(f"error: {module_name}.LSTM is torch.nn.LSTM itself; refusing to benchmark torch against torch.")
+    version = getattr(mod, "__version__", None)
+    if version is None:
+        try:
+            from importlib.metadata import version as _v
+            version = _v(module_name.split(".")[0])
+        except Exception:
+            version = None
+    return cls, mod, version
+
+
+# --------------------------------------------------------------------------- models
+
+def build_models(shape: Shape, ext_cls, device, dtype, seed: int = 0):
+    """A torch.nn.LSTM and an ext LSTM with identical weights, plus one input."""
+    torch.manual_seed(seed)
+    kwargs = dict(input_size=shape.I, hidden_size=shape.H, num_layers=shape.layers, bias=True,
+                  batch_first=False, dropout=0.0, bidirectional=shape.bidirectional,
+                  device=device, dtype=dtype)
+    ref = torch.nn.LSTM(**kwargs)
+    ext = ext_cls(**kwargs)
+    ext.load_state_dict(ref.state_dict())
+    # Training steps give their own copy of x requires_grad (see make_step), so
+    # the input-gradient product counted by lstm_flops is really computed.
+    x = torch.randn(shape.T, shape.B, shape.I, device=device, dtype=dtype)
+    return ref, ext, x
+
+
+def _max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.detach() - b.detach()).abs().max()) if a.numel() else 0.0
+
+
+def check_parity(ref, ext, x, with_grad: bool, tol: float, grad_tol: float) -> dict:
+    """Compare outputs (and, with_grad, input/parameter gradients) once per shape.
+
+    Forward uses allclose(atol=rtol=tol). Gradients accumulate over T steps, so
+    they get a looser grad_tol, relative to the largest reference gradient.
+    """
+    res = {"checked": "forward+grad" if with_grad else "forward"}
+    try:
+        if with_grad:
+            ref.train(); ext.train()
+            outs, grads = [], []
+            for m in (ref, ext):
+                m.zero_grad(set_to_none=True)
+                xi = x.detach().clone().requires_grad_(True)
+                y, (h, c) = m(xi)
+                (y.sum() + h.sum() + c.sum()).backward()
+                outs.append((y, h, c))
+                grads.append([xi.grad] + [p.grad for _, p in sorted(m.named_parameters())])
+            m_names = ["input"] + [n for n, _ in sorted(ref.named_parameters())]
+        else:
+            ref.eval(); ext.eval()
+            with torch.no_grad():
+                outs = [m(x) for m in (ref, ext)]
+            outs = [(y, h, c) for y, (h, c) in outs]
+        fwd_ok, fwd_diff = True, 0.0
+        for r, e, name in zip(outs[0], outs[1], ("output", "h_n", "c_n")):
+            if r.shape != e.shape:
+                return {**res, "ok": False, "fwd_ok": False, "max_abs_diff": None,
+                        "error": f"{name} shape {tuple(e.shape)} != reference {tuple(r.shape)}"}
+            fwd_diff = max(fwd_diff, _max_abs_diff(r, e))
+            fwd_ok &= bool(torch.allclose(r, e, atol=tol, rtol=tol))
+        res.update(ok=fwd_ok, fwd_ok=fwd_ok, max_abs_diff=fwd_diff)
+        if with_grad:
+            g_ok, g_rel, worst = True, 0.0, None
+            for name, gr, ge in zip(m_names, grads[0], grads[1]):
+                if gr is None or ge is None or gr.shape != ge.shape:
+                    g_ok, worst = False, f"{name}: missing or misshapen gradient"
+                    break
+                scale = max(float(gr.abs().max()), 1e-12)
+                rel = _max_abs_diff(gr, ge) / scale
+                if rel > g_rel:
+                    g_rel, worst = rel, name
+                g_ok &= bool(torch.allclose(gr, ge, atol=grad_tol * scale, rtol=grad_tol))
+            res.update(grad_ok=g_ok, grad_max_rel_diff=g_rel, grad_worst=worst, ok=fwd_ok and g_ok)
+    except Exception as e:
+        res.setdefault("fwd_ok", False)
+        res.setdefault("max_abs_diff", None)
+        res.update(ok=False, error=f"{type(e).__name__}: {e}")
+    return res
+
+
+# --------------------------------------------------------------------------- timed steps
+
+def make_step(model, x, mode: str) -> Callable[[], None]:
+    """One timed call of `model`, the way a user would run it in `mode`."""
+    if mode == "inference":
+        model.eval()
+
+        def step():
+            with torch.no_grad():
+                model(x)
+    else:
+        model.train()
+        xg = x.detach().clone().requires_grad_(True)
+
+        def step():
+            # Zeroing is part of a real training step, so it is timed too.
+            model.zero_grad(set_to_none=True)
+            xg.grad = None
+            y, (h, c) = model(xg)
+            (y.sum() + h.sum() + c.sum()).backward()
+    return step
+
+
+def make_timer(device: torch.device) -> Callable[[Callable[[], None]], float]:
+    """Return f(step) -> seconds for one call of step on `device`."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+
+        def timed(step):
+            # Work queued by the previous call must not leak into this one.
+            torch.cuda.synchronize(device)
+            start.record()
+            step()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3
+    else:
+        def timed(step):
+            t0 = time.perf_counter()
+            step()
+            return time.perf_counter() - t0
+    return timed
+
+
+def time_interleaved(step_ref, step_ext, timed, warmup: int, repeats: int,
+                     min_time: float, max_repeats: int):
+    """Median-ready samples for both steps, run alternately.
+
+    Each round runs both once, swapping which goes first so neither always
+    inherits the other's cache state. Rounds continue past `repeats` until both
+    together have run 2*min_time (about min_time each), capped by max_repeats.
+    """
+    for _ in range(warmup):
+        step_ref(); step_ext()
+    t_ref, t_ext = [], []
+    was_enabled = gc.isenabled()
+    gc.collect()
+    # A collector pause would land on whichever implementation happened to run.
+    gc.disable()
+    try:
+        i = 0
+        while True:
+            if i % 2 == 0:
+                t_ref.append(timed(step_ref)); t_ext.append(timed(step_ext))
+            else:
+                t_ext.append(timed(step_ext)); t_ref.append(timed(step_ref))
+            i += 1
+            if i >= max_repeats or (i >= repeats and sum(t_ref) + sum(t_ext) >= 2 * min_time):
+                break
+    finally:
+        if was_enabled:
+            gc.enable()
+    return np.array(t_ref), np.array(t_ext)
+
+
+def summarize(samples: np.ndarray) -> dict:
+    q1, med, q3 = np.percentile(samples, [25, 50, 75])
+    return {"median_ms": med * 1e3, "min_ms": float(samples.min()) * 1e3, "iqr_ms": (q3 - q1) * 1e3,
+            "n": int(samples.size)}
+
+
+def gemm_ceiling(device, dtype, n: int, timed, min_time: float = 1.0) -> dict:
+    """Median GFLOP/s of a square torch.mm: the practical peak for this machine/dtype."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    out = torch.empty(n, n, device=device, dtype=dtype)
+    step = lambda: torch.mm(a, b, out=out)  # noqa: E731
+    # A few calls are not enough: the first ~0.3 s of GEMMs in a fresh process
+    # run at about half speed (thread pool and clocks ramping up), so warm by time.
+    t_end = time.perf_counter() + 0.5
+    while time.perf_counter() < t_end:
+        step()
+    ts = []
+    while len(ts) < 5 or (sum(ts) < min_time and len(ts) < 1000):
+        ts.append(timed(step))
+    med = float(np.median(ts))
+    return {"n": n, "gflops": 2.0 * n ** 3 / med / 1e9, "median_ms": med * 1e3, "repeats": len(ts)}
+
+
+def measure_on_quiet_machine(measure: Callable[[], object], device, args, warn, what: str):
+    """Run measure(); redo it (after waiting for idle) when other processes took CPU meanwhile.
+
+    Returns (result, other_cpu_load or None, attempts). The last attempt is kept
+    even when still contaminated; callers flag it.
+    """
+    for attempt in range(1 + args.busy_retries):
+        meter = LoadMeter() if device.type == "cpu" else None
+        result = measure()
+        load = meter.other_load() if meter else None
+        if load is None or load <= BUSY_WARN:
+            break
+        if attempt < args.busy_retries:
+            warn(f"!!! {what}: other processes used {100 * load:.0f}% of the CPUs while timing; "
+                 f"waiting up to {args.idle_wait:.0f} s for idle and retrying")
+            wait_for_idle(args.idle_wait, BUSY_WARN / 2)
+        else:
+            warn(f"!!! {what}: other processes used {100 * load:.0f}% of the CPUs while timing; "
+                 f"result kept but flagged (~)")
+    return result, load, attempt + 1
+
+
+# --------------------------------------------------------------------------- one case
+
+def run_shape(shape: Shape, modes, ext_cls, device, dtype, timed, args, tol, grad_tol, warn) -> list:
+    """All modes of one shape: build once, check parity once, time each mode."""
+    records = []
+    base = {**asdict(shape), "shape": shape.label, "spec": shape.spec}
+    try:
+        ref, ext, x = build_models(shape, ext_cls, device, dtype, seed=args.seed)
+    except Exception as e:
+        msg = f"{type(e).__name__}: {e}"
+        warn(f"!!! {shape.label}: could not build/load models: {msg}")
+        return [{**base, "mode": m, "error": msg, "parity": {"ok": False}} for m in modes]
+    parity = check_parity(ref, ext, x, with_grad="training" in modes, tol=tol, grad_tol=grad_tol)
+    if not parity["ok"]:
+        warn("!" * 78 + f"\n!!! PARITY FAILURE {shape.label}: lstm_ext disagrees with torch.nn.LSTM: "
+             f"{json.dumps(parity)}\n!!! its timings below are for a BROKEN implementation\n" + "!" * 78)
+    for mode in modes:
+        rec = {**base, "mode": mode, "flops": lstm_flops(shape, mode), "parity": parity_for_mode(parity, mode)}
+        try:
+            (t_ref, t_ext), load, attempts = measure_on_quiet_machine(
+                lambda: time_interleaved(make_step(ref, x, mode), make_step(ext, x, mode), timed,
+                                         warmup=args.warmup, repeats=args.repeats,
+                                         min_time=args.min_time, max_repeats=args.max_repeats),
+                device, args, warn, f"{shape.label} {mode}")
+            rec.update(other_cpu_load=load, attempts=attempts)
+        except Exception as e:
+            msg = f"{type(e).__name__}: {e}"
+            warn(f"!!! {shape.label} {mode}: timing failed: {msg}")
+            rec["error"] = msg
+            records.append(rec)
+            continue
+        r, e_ = summarize(t_ref), summarize(t_ext)
+        tokens = shape.T * shape.B
+        rec.update(
+            ref=r, ext=e_,
+            speedup=r["median_ms"] / e_["median_ms"],
+            ref_tokens_per_s=tokens / (r["median_ms"] / 1e3),
+            ext_tokens_per_s=tokens / (e_["median_ms"] / 1e3),
+            ref_gflops=rec["flops"] / (r["median_ms"] / 1e3) / 1e9,
+            ext_gflops=rec["flops"] / (e_["median_ms"] / 1e3) / 1e9,
+        )
+        records.append(rec)
+    del ref, ext, x
+    gc.collect()
+    return records
+
+
+def parity_for_mode(parity: dict, mode: str) -> dict:
+    """Inference is judged on the forward check only; training also on gradients."""
+    if mode == "training":
+        return dict(parity)
+    out = {k: v for k, v in parity.items() if not k.startswith("grad")}
+    out.update(checked="forward", ok=parity.get("fwd_ok", False))
+    return out
+
+
+# --------------------------------------------------------------------------- reporting
+
+def fmt_rate(x: float) -> str:
+    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= div:
+            return f"{x / div:.2f}{unit}"
+    return f"{x:.0f}"
+
+
+def format_table(records, gemm_gflops: float) -> str:
+    """A Markdown table: readable in a terminal and pasteable into NOTES.md."""
+    head = ["shape", "mode", "torch ms", "ext ms", "speedup", "torch tok/s", "ext tok/s",
+            "ext GFLOP/s", "% GEMM", "parity"]
+    rows = []
+    for r in records:
+        par = r.get("parity", {})
+        par_s = "ok" if par.get("ok") else "FAIL"
+        if par.get("max_abs_diff") is not None:
+            par_s += f" ({par['max_abs_diff']:.1e})"
+        if "error" in r:
+            rows.append([r["shape"], r["mode"], "-", "-", "ERROR", "-", "-", "-", "-", par_s])
+            continue
+        rows.append([
+            r["shape"], r["mode"],
+            f"{r['ref']['median_ms']:.3f}", f"{r['ext']['median_ms']:.3f}",
+            f"{r['speedup']:.2f}x" + ("" if par.get("ok") else " !!") + (" ~" if _busy(r) else ""),
+            fmt_rate(r["ref_tokens_per_s"]), fmt_rate(r["ext_tokens_per_s"]),
+            f"{r['ext_gflops']:.1f}" if r["ext_gflops"] >= 1 else f"{r['ext_gflops']:.3f}", f"{100 * r['ext_gflops'] / gemm_gflops:.0f}%", par_s,
+        ])
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
+    left = {0, 1, 9}
+    line = lambda cells: "| " + " | ".join(  # noqa: E731
+        c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
+    sep = "|" + "|".join((":" + "-" * (w + 1)) if i in left else ("-" * (w + 1) + ":")
+                         for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(head), sep] + [line(r) for r in rows])
+
+
+def _busy(rec) -> bool:
+    return (rec.get("other_cpu_load") or 0.0) > BUSY_WARN
+
+
+def geomean_speedups(records) -> dict:
+    out = {}
+    for mode in dict.fromkeys(r["mode"] for r in records):
+        sp = [r["speedup"] for r in records if r["mode"] == mode and "speedup" in r]
+        if sp:
+            out[mode] = {"geomean": math.exp(sum(map(math.log, sp)) / len(sp)), "n": len(sp),
+                         "parity_failures": sum(1 for r in records if r["mode"] == mode
+                                                and not r.get("parity", {}).get("ok")),
+                         "busy_cases": sum(1 for r in records if r["mode"] == mode and _busy(r))}
+    return out
+
+
+def write_plot(path: str, meta: dict, records) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+    from matplotlib.ticker import FixedLocator, NullLocator
+
+    shapes = list(dict.fromkeys(r["shape"] for r in records))
+    modes = list(dict.fromkeys(r["mode"] for r in records))
+    colors = {"inference": "#4C72B0", "training": "#DD8452"}
+    bar_h = 0.8 / len(modes)
+    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.62 * len(shapes) * max(1, len(modes)) / 1.5))
+    vals = [r["speedup"] for r in records if "speedup" in r] or [1.0]
+    lo, hi = min(min(vals), 1.0) / 1.35, max(max(vals), 1.0) * 1.35
+    for mi, mode in enumerate(modes):
+        for si, shape in enumerate(shapes):
+            rec = next((r for r in records if r["shape"] == shape and r["mode"] == mode), None)
+            if rec is None:
+                continue
+            y = si + (mi - (len(modes) - 1) / 2) * bar_h
+            ok = rec.get("parity", {}).get("ok")
+            if "speedup" not in rec:
+                ax.text(1.0, y, "  error", va="center", fontsize=9, color="red")
+                continue
+            s = rec["speedup"]
+            # Bars grow from the 1.0x line on a log axis: right = faster, left = slower,
+            # and 2x faster looks as long as 2x slower.
+            ax.barh(y, s - 1.0, left=1.0, height=bar_h * 0.9, color=colors.get(mode, "gray"),
+                    hatch=None if ok else "xx", edgecolor="red" if not ok else "none")
+            txt = f"{s:.2f}×" + ("" if ok else " PARITY FAIL") + (" (busy)" if _busy(rec) else "")
+            ax.text(s * (1.02 if s >= 1 else 0.98), y, txt, va="center",
+                    ha="left" if s >= 1 else "right", fontsize=8.5, color="black" if ok else "red")
+    ax.axvline(1.0, color="black", lw=1.2)
+    ax.set_xscale("log")
+    ax.set_xlim(lo, hi)
+    nice = [0.05, 0.1, 0.2, 0.25, 0.5, 0.75, 1, 1.25, 1.5, 2, 3, 4, 5, 7, 10, 15, 20, 30, 50, 100]
+    ticks = [t for t in nice if lo <= t <= hi]
+    if len(ticks) < 4:
+        ticks = sorted(set(ticks) | {t for t in (0.8, 0.9, 1.1, 1.2) if lo <= t <= hi})
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticklabels([f"{t:g}×" for t in ticks])
+    ax.set_yticks(range(len(shapes)))
+    ax.set_yticklabels(shapes, fontfamily="monospace", fontsize=9)
+    ax.set_ylim(len(shapes) - 0.5, -0.5)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_xlabel("speedup of lstm_ext over torch.nn.LSTM (median time ratio, log scale; >1 = faster)")
+    gm = meta["geomean_speedup"]
+    gm_s = ", ".join(f"{m} {v['geomean']:.2f}×" for m, v in gm.items())
+    ax.set_title(f"lstm_ext vs torch.nn.LSTM — {meta['machine']}\n"
+                 f"torch {meta['torch_version']}, {meta['dtype']}, {meta['threads']} threads, "
+                 f"commit {meta['git_commit'] or 'n/a'}, {meta['date'][:16].replace('T', ' ')} UTC\n"
+                 f"geomean: {gm_s}   |   GEMM ceiling {meta['gemm_ceiling']['gflops']:.0f} GFLOP/s",
+                 fontsize=10)
+    handles = [Patch(color=colors.get(m, "gray"), label=m) for m in modes]
+    if any(not r.get("parity", {}).get("ok") for r in records):
+        handles.append(Patch(facecolor="white", edgecolor="red", hatch="xx", label="parity failed"))
+    ax.legend(handles=handles, loc="best", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# --------------------------------------------------------------------------- main
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description="Benchmark lstm_ext.LSTM against torch.nn.LSTM (inference and training).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--shapes", nargs="+", type=parse_shape, metavar="TxBxIxH[:L<n>][:bi]",
+                   help="custom shapes instead of the default suite, e.g. 100x32x256x256 50x8x64x64:L2:bi")
+    p.add_argument("--quick", action="store_true", help="tiny suite and short timing: a smoke test")
+    p.add_argument("--mode", choices=["inference", "training", "both"], default="both")
+    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--device", choices=["cpu", "cuda"],
+                   default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=None,
+                   help=f"torch.set_num_threads (default: torch's default, {torch.get_num_threads()} here)")
+    p.add_argument("--repeats", type=int, default=5, help="minimum timed rounds per case")
+    p.add_argument("--max-repeats", type=int, default=1000, help="maximum timed rounds per case")
+    p.add_argument("--min-time", type=float, default=1.0,
+                   help="keep timing until each implementation has run about this many seconds")
+    p.add_argument("--warmup", type=int, default=3, help="untimed calls of each implementation per case")
+    p.add_argument("--busy-retries", type=int, default=3,
+                   help="re-time a case this often when other processes used >15%% of the CPUs meanwhile")
+    p.add_argument("--idle-wait", type=float, default=120.0,
+                   help="seconds to wait for an idle machine before the run and before each retry")
+    p.add_argument("--gemm-size", type=int, default=2048, help="n of the n x n torch.mm GEMM ceiling")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out-dir", default=os.path.join(REPO_ROOT, "benchmarks", "results"))
+    p.add_argument("--tag", default=None,
+                   help="suffix for the result file name (default: 'quick' / 'custom' for non-default suites)")
+    p.add_argument("--no-plot", action="store_true")
+    # Developer hook to exercise this script against a stand-in before lstm_ext exists.
+    p.add_argument("--ext-module", default="lstm_ext", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        # Explicit knobs on the command line still win over --quick's shortcuts.
+        given = set(a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]))
+        if "--min-time" not in given:
+            args.min_time = 0.1
+        if "--repeats" not in given:
+            args.repeats = 3
+        if "--warmup" not in given:
+            args.warmup = 1
+        if "--gemm-size" not in given:
+            args.gemm_size = 1024
+    if args.repeats < 1 or args.max_repeats < args.repeats or args.warmup < 0:
+        p.error("need 1 <= --repeats <= --max-repeats and --warmup >= 0")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from tqdm import tqdm
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("error: --device cuda but torch.cuda.is_available() is False")
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    ext_cls, ext_mod, ext_version = load_ext(args.ext_module)
+
+    shapes = args.shapes or (QUICK_SUITE if args.quick else DEFAULT_SUITE)
+    modes = ["inference", "training"] if args.mode == "both" else [args.mode]
+    tol, grad_tol = (1e-4, 1e-3) if dtype == torch.float32 else (1e-9, 1e-8)
+    timed = make_timer(device)
+
+    slug = machine_slug(device, threads)
+    tag = args.tag or ("quick" if args.quick else "custom" if args.shapes else None)
+    stem = slug + ("" if dtype == torch.float32 else f"-{args.dtype}") + (f"-{tag}" if tag else "")
+    os.makedirs(args.out_dir, exist_ok=True)
+
+    warnings = []
+
+    def warn(msg):
+        warnings.append(msg)
+        tqdm.write(msg, file=sys.stderr)
+
+    busy_before = None
+    if device.type == "cpu":
+        busy_before = cpu_busy_fraction()
+        if busy_before is not None and busy_before > BUSY_WARN and args.idle_wait > 0:
+            print(f"machine busy ({100 * busy_before:.0f}% used by other processes); "
+                  f"waiting up to {args.idle_wait:.0f} s for it to go idle", file=sys.stderr, flush=True)
+            busy_before = wait_for_idle(args.idle_wait, BUSY_WARN / 2)
+    gemm_time = 0.3 if args.quick else 1.0
+    gemm, gemm_load, _ = measure_on_quiet_machine(
+        lambda: gemm_ceiling(device, dtype, args.gemm_size, timed, min_time=gemm_time),
+        device, args, warn, "GEMM ceiling")
+    meta = {
+        "machine": slug,
+        "cpu_model": cpu_model(),
+        "threads": threads,
+        "cores": os.cpu_count(),
+        "device": args.device,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_model(),
+        "dtype": args.dtype,
+        "torch_version": torch.__version__,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch_mkldnn_enabled": bool(torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled),
+        "ext_module": args.ext_module,
+        "ext_version": ext_version,
+        "ext_path": getattr(ext_mod, "__file__", None),
+        "git_commit": git_commit(),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command_line": shlex.join([os.path.basename(sys.executable)] + sys.argv),
+        "python": platform.python_version(),
+        "timing": {"warmup": args.warmup, "min_repeats": args.repeats, "max_repeats": args.max_repeats,
+                   "min_time_s": args.min_time, "statistic": "median of interleaved rounds",
+                   "timer": "torch.cuda.Event" if device.type == "cuda" else "time.perf_counter"},
+        "parity_tolerance": {"forward_atol_rtol": tol, "grad_rel": grad_tol},
+        "gemm_ceiling": {**gemm, "dtype": args.dtype},
+    }
+    print(f"machine   {slug}  ({meta['device_name']}, {threads} threads of {os.cpu_count()} cores)")
+    print(f"torch     {torch.__version__} (cpu capability {meta['torch_cpu_capability']}, "
+          f"mkldnn {'on' if meta['torch_mkldnn_enabled'] else 'off'})")
+    print(f"lstm_ext  {ext_version or '?'} from {meta['ext_path']}  [git {meta['git_commit'] or 'n/a'}]")
+    print(f"dtype     {args.dtype} on {args.device}")
+    print(f"GEMM      {gemm['gflops']:.1f} GFLOP/s  (torch.mm {gemm['n']}x{gemm['n']} {args.dtype}, median)")
+    print(flush=True)
+
+    if busy_before is not None and busy_before > BUSY_WARN:
+        warn(f"!!! machine busy: other processes use {100 * busy_before:.0f}% of the CPUs; "
+             f"timings will be noisy or badly inflated")
+
+    t_start = time.perf_counter()
+    records = []
+    with tqdm(total=len(shapes) * len(modes), desc="benchmark", unit="case", file=sys.stderr,
+              dynamic_ncols=True) as bar:
+        for shape in shapes:
+            bar.set_postfix_str(shape.label)
+            recs = run_shape(shape, modes, ext_cls, device, dtype, timed, args, tol, grad_tol, warn)
+            records.extend(recs)
+            bar.update(len(recs))
+    meta["elapsed_s"] = round(time.perf_counter() - t_start, 1)
+    # A second GEMM measurement brackets the run: if the machine's speed changed
+    # (load, throttling) the two disagree and the results deserve suspicion.
+    gemm_after, gemm_after_load, _ = measure_on_quiet_machine(
+        lambda: gemm_ceiling(device, dtype, args.gemm_size, timed, min_time=gemm_time),
+        device, args, warn, "GEMM ceiling (after)")
+    busy_after = cpu_busy_fraction() if device.type == "cpu" else None
+    drift = gemm_after["gflops"] / gemm["gflops"] - 1.0
+    meta["stability"] = {"cpu_busy_before": busy_before, "cpu_busy_after": busy_after,
+                         "gemm_gflops_before": gemm["gflops"], "gemm_gflops_after": gemm_after["gflops"],
+                         "gemm_other_cpu_load": [gemm_load, gemm_after_load], "gemm_drift": drift}
+    # Contention only ever slows a GEMM down, so the better of the two is the ceiling.
+    meta["gemm_ceiling"]["gflops"] = max(gemm["gflops"], gemm_after["gflops"])
+    meta["gemm_ceiling"]["median_ms"] = min(gemm["median_ms"], gemm_after["median_ms"])
+    if abs(drift) > 0.15 or (busy_after is not None and busy_after > BUSY_WARN):
+        warn(f"!!! machine speed varied: GEMM {gemm['gflops']:.1f} -> {gemm_after['gflops']:.1f} GFLOP/s "
+             f"({100 * drift:+.0f}%) before/after the suite, other-process CPU use after: "
+             f"{'n/a' if busy_after is None else f'{100 * busy_after:.0f}%'}; absolute ms and GFLOP/s are "
+             f"uncertain by about that much, interleaved speedups much less")
+    meta["geomean_speedup"] = geomean_speedups(records)
+
+    print(format_table(records, meta["gemm_ceiling"]["gflops"]))
+    notes = []
+    if any(not r.get("parity", {}).get("ok") for r in records):
+        notes.append("!! = parity failed: timing of a broken implementation")
+    if any(_busy(r) for r in records):
+        notes.append(f"~ = other processes used >{100 * BUSY_WARN:.0f}% of the CPUs while this case was timed")
+    if notes:
+        print("\n".join(notes))
+    print()
+    for mode, g in meta["geomean_speedup"].items():
+        extra = f"   !! {g['parity_failures']} case(s) failed parity" if g["parity_failures"] else ""
+        if g["busy_cases"]:
+            extra += f"   ~ {g['busy_cases']} case(s) timed on a busy machine"
+        print(f"geomean speedup ({mode}): {g['geomean']:.2f}x over {g['n']} shapes{extra}")
+    print(f"GEMM ceiling: {meta['gemm_ceiling']['gflops']:.1f} GFLOP/s (before {gemm['gflops']:.1f}, "
+          f"after {gemm_after['gflops']:.1f}; % GEMM uses the better)")
+    print(f"suite time: {meta['elapsed_s']:.1f} s")
+
+    json_path = os.path.join(args.out_dir, stem + ".json")
+    with open(json_path, "w") as f:
+        json.dump({**meta, "warnings": warnings, "cases": records}, f, indent=2)
+        f.write("\n")
+    print(f"wrote {json_path}")
+    if not args.no_plot:
+        png_path = os.path.join(args.out_dir, stem + ".png")
+        write_plot(png_path, meta, records)
+        print(f"wrote {png_path}")
+    if any(not r.get("parity", {}).get("ok") or "error" in r for r in records):
+        print("WARNING: some cases failed parity or errored; see above and the JSON.", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
