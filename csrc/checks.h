@@ -2,36 +2,81 @@
 //
 // Each check runs before any kernel and raises (TORCH_CHECK) with a message
 // that names the argument, what was expected and what came, so a user sees
-// "w_hh: expected shape [4H, H] = [32, 8], got [32, 7]" instead of a crash.
+// "lstm_forward: w_hh: expected shape [4H, H] = [32, 8], got [32, 7]" instead
+// of a crash.
 #pragma once
 
 #include <ATen/core/Tensor.h>
-#include <c10/util/Optional.h>
+
+#include <optional>
+#include <string>
+#include <vector>
 
 namespace lstm_ext {
 
-// The sizes of one layer-direction call, read off validated arguments.
-struct LstmDims {
+// The time layout of a sequence argument: dense x [T,B,F], or packed x [N,F]
+// with batch_sizes [T].
+struct SequenceDims {
   int64_t T;  // time steps
-  int64_t B;  // batch
-  int64_t I;  // input features
-  int64_t H;  // hidden units
+  int64_t B;  // batch (rows of the widest step)
+  int64_t N;  // rows of x over all steps (T*B when dense)
+  bool packed;
+
+  // The shape of a per-step tensor with F features in this layout.
+  std::vector<int64_t> shape(int64_t F) const {
+    return packed ? std::vector<int64_t>{N, F} : std::vector<int64_t>{T, B, F};
+  }
+  // The same shape in letters, for messages: "[T, B, 4H]" or "[N, 4H]".
+  std::string letters(const char* F) const {
+    return (packed ? std::string("[N, ") : std::string("[T, B, ")) + F + "]";
+  }
 };
 
-// Validates lstm_forward's arguments: ranks, shapes, one floating dtype
-// (float32 or float64 on the CPU), and one device for all of them.
-LstmDims check_forward_args(const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                            const std::optional<at::Tensor>& bias, const at::Tensor& h0,
-                            const at::Tensor& c0);
+// The sizes of one LSTM layer-direction call, read off validated arguments.
+struct LstmDims {
+  SequenceDims seq;
+  int64_t I;  // input features
+  int64_t H;  // hidden units (cell size)
+  int64_t P;  // size of h: proj_size with a projection, else H
+  bool projected;
+};
 
-// Validates lstm_backward's arguments against the forward's (x, weights,
-// states) and the saved tensors it produced.
-LstmDims check_backward_args(const std::optional<at::Tensor>& grad_y,
-                             const std::optional<at::Tensor>& grad_h_n,
-                             const std::optional<at::Tensor>& grad_c_n,
-                             const std::optional<at::Tensor>& grad_cells, const at::Tensor& x,
-                             const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& h0,
-                             const at::Tensor& c0, const at::Tensor& y, const at::Tensor& gates,
-                             const at::Tensor& cells);
+// Validates lstm_forward's arguments: ranks, shapes, batch_sizes, one
+// floating dtype and one device for all tensors.
+LstmDims check_lstm_forward_args(const at::Tensor& x, const at::Tensor& w_ih,
+                                 const at::Tensor& w_hh, const std::optional<at::Tensor>& bias,
+                                 const at::Tensor& h0, const at::Tensor& c0,
+                                 const std::optional<at::Tensor>& batch_sizes,
+                                 const std::optional<at::Tensor>& w_hr);
 
+// Validates lstm_backward's arguments against the forward's and the tensors
+// the forward saved.
+LstmDims check_lstm_backward_args(
+    const std::optional<at::Tensor>& grad_y, const std::optional<at::Tensor>& grad_h_n,
+    const std::optional<at::Tensor>& grad_c_n, const std::optional<at::Tensor>& grad_cells,
+    const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& h0,
+    const at::Tensor& c0, const at::Tensor& y, const at::Tensor& gates, const at::Tensor& cells,
+    const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& w_hr);
+
+// Building blocks for the checks of other ops (the RNN's). `op` and `name`
+// prefix every message; `what` names a shape in letters, e.g. "[4H, I]".
+namespace check {
+
+std::string shape_str(c10::IntArrayRef sizes);
+void shape(const at::Tensor& t, const char* op, const char* name, const char* what,
+           const std::vector<int64_t>& expected);
+void rank(const at::Tensor& t, const char* op, const char* name, const char* what, int64_t rank);
+// Same dtype and device as x (the reference argument).
+void like(const at::Tensor& t, const at::Tensor& x, const char* op, const char* name);
+// x's dtype is one the backend computes in.
+void floating(const at::Tensor& x, const char* op);
+// An optional gradient, when present: like x and of the expected shape.
+void optional_grad(const std::optional<at::Tensor>& g, const at::Tensor& x, const char* op,
+                   const char* name, const char* what, const std::vector<int64_t>& expected);
+// x [T,B,F] without batch_sizes, or x [N,F] with batch_sizes [T] (int64, CPU,
+// positive, non-increasing, summing to N). B comes from x or batch_sizes[0].
+SequenceDims sequence(const at::Tensor& x, const std::optional<at::Tensor>& batch_sizes,
+                      const char* op);
+
+}  // namespace check
 }  // namespace lstm_ext

@@ -5,32 +5,62 @@
 // adds the fake (meta) kernels and the autograd formula in lstm_ext/ops.py.
 //
 // Every op runs ONE layer in ONE direction over the whole sequence.
-// Letters: T time steps, B batch, I input features, H hidden units.
+// Letters: T time steps, B batch, I input features, H hidden units, P the
+// size of h (proj_size, or H without a projection), N packed rows.
 #include <torch/library.h>
 
 TORCH_LIBRARY(lstm_ext, m) {
-  // x [T,B,I], w_ih [4H,I], w_hh [4H,H], bias [4H] (= b_ih + b_hh) or None,
-  // h0 [B,H], c0 [B,H].
-  // Returns y [T,B,H] (y[t] is aligned with x[t] in both directions),
-  // h_n [B,H], c_n [B,H], and, only when save_for_backward is true,
+  // ---------------------------------------------------------------- LSTM
+  // x [T,B,I], w_ih [4H,I], w_hh [4H,P], bias [4H] (= b_ih + b_hh) or None,
+  // h0 [B,P], c0 [B,H], where P = H without a projection, and with one
+  // (w_hr [P,H], proj_size P < H) h_t = (o * tanh(c_t)) w_hr^T.
+  // Returns y [T,B,P] (y[t] is aligned with x[t] in both directions),
+  // h_n [B,P], c_n [B,H], and, only when save_for_backward is true,
   // gates [T,B,4H] (activations i, f, g, o) and cells [T,B,H] (c_t for every
   // t); otherwise both are empty tensors of shape [0].
-  // reverse=true walks t = T-1 .. 0 (the reverse half of a bidirectional layer)
-  // without copying x.
+  // reverse=true walks t = T-1 .. 0 (the reverse half of a bidirectional
+  // layer) without copying x.
+  //
+  // Packed sequences: with batch_sizes (int64 [T] on the CPU, non-increasing,
+  // batch_sizes[0] = B, as in PackedSequence), x is the packed data [N,I] with
+  // N = sum(batch_sizes), and y, gates and cells are packed the same way
+  // ([N,P], [N,4H], [N,H]). Step t only computes its batch_sizes[t] live rows;
+  // h_n and c_n hold each sequence's state at its own last step (its first
+  // step when reverse).
   m.def(
       "lstm_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? bias, Tensor h0, Tensor c0, "
-      "bool reverse, bool save_for_backward) -> "
+      "bool reverse, bool save_for_backward, Tensor? batch_sizes=None, Tensor? w_hr=None) -> "
       "(Tensor y, Tensor h_n, Tensor c_n, Tensor gates, Tensor cells)");
 
-  // Gradients of one lstm_forward call. An absent (None) output gradient
-  // counts as zero. grad_cells [T,B,H] is the gradient of the `cells` output.
-  // Returns grad_x [T,B,I] (an empty [0] tensor when need_grad_x is false),
-  // grad_w_ih [4H,I], grad_w_hh [4H,H], grad_bias [4H], grad_h0 [B,H],
-  // grad_c0 [B,H].
+  // Gradients of one lstm_forward call, with the same x, weights, states,
+  // batch_sizes and w_hr, and its saved y, gates and cells. An absent (None)
+  // output gradient counts as zero. grad_cells is the gradient of `cells`.
+  // Returns grad_x (an empty [0] tensor when need_grad_x is false),
+  // grad_w_ih [4H,I], grad_w_hh [4H,P], grad_bias [4H], grad_h0 [B,P],
+  // grad_c0 [B,H], and grad_w_hr [P,H] (an empty [0] tensor without w_hr).
   m.def(
       "lstm_backward(Tensor? grad_y, Tensor? grad_h_n, Tensor? grad_c_n, Tensor? grad_cells, "
       "Tensor x, Tensor w_ih, Tensor w_hh, Tensor h0, Tensor c0, Tensor y, Tensor gates, "
-      "Tensor cells, bool reverse, bool need_grad_x) -> "
+      "Tensor cells, bool reverse, bool need_grad_x, Tensor? batch_sizes=None, "
+      "Tensor? w_hr=None) -> "
       "(Tensor grad_x, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_bias, Tensor grad_h0, "
-      "Tensor grad_c0)");
+      "Tensor grad_c0, Tensor grad_w_hr)");
+
+  // ----------------------------------------------------------------- RNN
+  // h_t = act(x_t w_ih^T + bias + h_{t-1} w_hh^T), act = relu if relu else
+  // tanh. x [T,B,I] (or packed [N,I] with batch_sizes, as for the LSTM),
+  // w_ih [H,I], w_hh [H,H], bias [H] or None, h0 [B,H].
+  // Returns y [T,B,H] (or [N,H]) and h_n [B,H]. Backward needs only y.
+  m.def(
+      "rnn_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? bias, Tensor h0, bool reverse, "
+      "bool relu, Tensor? batch_sizes=None) -> (Tensor y, Tensor h_n)");
+
+  // Gradients of one rnn_forward call given its inputs and its output y.
+  // Returns grad_x (empty [0] when need_grad_x is false), grad_w_ih [H,I],
+  // grad_w_hh [H,H], grad_bias [H], grad_h0 [B,H].
+  m.def(
+      "rnn_backward(Tensor? grad_y, Tensor? grad_h_n, Tensor x, Tensor w_ih, Tensor w_hh, "
+      "Tensor h0, Tensor y, bool reverse, bool relu, bool need_grad_x, "
+      "Tensor? batch_sizes=None) -> "
+      "(Tensor grad_x, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_bias, Tensor grad_h0)");
 }

@@ -1,11 +1,31 @@
-"""lstm_ext: fused LSTM kernels for PyTorch, as drop-in torch.nn modules.
+"""lstm_ext: fused LSTM and RNN kernels for PyTorch, as drop-in torch.nn modules.
 
-``lstm_ext.LSTM`` and ``lstm_ext.LSTMCell`` take the same arguments, hold the
-same parameters and return the same values as their torch.nn counterparts.
+``lstm_ext.LSTM``, ``LSTMCell``, ``RNN`` and ``RNNCell`` take the same
+arguments, hold the same parameters and return the same values as their
+torch.nn counterparts.
 """
-from . import ops
-from .modules import LSTM, LSTMCell, HiddenStateError, SizeArgumentError
+from . import ops, rnn_ops
+from .modules import (
+    LSTM,
+    RNN,
+    HiddenStateError,
+    InvalidArgumentError,
+    LSTMCell,
+    LSTMStates,
+    RNNCell,
+)
 
 __version__ = "0.1.0"
 
-__all__ = ["LSTM", "LSTMCell", "HiddenStateError", "SizeArgumentError", "ops", "__version__"]
+__all__ = [
+    "LSTM",
+    "LSTMCell",
+    "RNN",
+    "RNNCell",
+    "LSTMStates",
+    "HiddenStateError",
+    "InvalidArgumentError",
+    "ops",
+    "rnn_ops",
+    "__version__",
+]

@@ -1,18 +1,18 @@
-"""Drop-in replacements for ``torch.nn.LSTM`` and ``torch.nn.LSTMCell``.
+"""Drop-in replacements for ``torch.nn.LSTM``, ``LSTMCell``, ``RNN`` and ``RNNCell``.
 
-Same constructor, parameter names, shapes, order and initialisation as
+Same constructors, parameter names, shapes, order and initialisation as
 torch.nn, so a ``state_dict`` loads either way with ``strict=True``. Argument
 checks happen here, before any kernel runs, and raise the exception type that
 torch.nn raises for the same input, with a message naming what was expected
 and what came. The compute is one fused op call per layer and direction
-(:func:`lstm_ext.ops.lstm_layer`).
+(:func:`lstm_ext.ops.lstm_layer`, :func:`lstm_ext.rnn_ops.rnn_layer`).
 """
 from __future__ import annotations
 
 import math
 import numbers
 import warnings
-from typing import List, Optional, Tuple
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -20,32 +20,50 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from .ops import SUPPORTED_DEVICE_TYPES, lstm_layer
+from .rnn_ops import rnn_layer
 
-__all__ = ["LSTM", "LSTMCell", "HiddenStateError", "SizeArgumentError"]
+__all__ = ["LSTM", "LSTMCell", "RNN", "RNNCell", "LSTMStates", "HiddenStateError", "InvalidArgumentError"]
 
 
-class HiddenStateError(TypeError, RuntimeError, IndexError):
-    """``hx`` is not a pair ``(h_0, c_0)`` of tensors.
+class HiddenStateError(TypeError, RuntimeError, IndexError, AttributeError):
+    """``hx`` does not have the structure the module takes.
 
-    For such inputs torch.nn raises TypeError, RuntimeError or IndexError,
-    depending on how the bad value fails deep inside it; this is all three, so
-    code written against torch.nn keeps catching it.
+    For such inputs torch.nn raises TypeError, RuntimeError, IndexError or
+    AttributeError, depending on how the bad value fails deep inside it; this
+    is all four, so code written against torch.nn keeps catching it.
     """
 
 
-class SizeArgumentError(ValueError, RuntimeError):
-    """An invalid size passed to a constructor.
+class InvalidArgumentError(ValueError, RuntimeError):
+    """An invalid constructor argument (a size, a nonlinearity).
 
-    torch.nn.LSTM raises ValueError for these, torch.nn.LSTMCell RuntimeError
-    (from allocating a negative-sized weight); this is both.
+    torch.nn raises ValueError for some of these and RuntimeError for others
+    (the cells fail only when allocating or running); this is both.
     """
+
+
+class LSTMStates(NamedTuple):
+    """Every step's states of every layer and direction.
+
+    ``h`` and ``c`` are ``[num_layers * num_directions, *seq, size]`` where
+    ``seq`` is the output's layout: ``T, B`` (or ``B, T`` with batch_first),
+    ``T`` for unbatched input, or the packed rows ``N`` of a PackedSequence
+    (aligned with ``output.data``). Index ``layer * num_directions +
+    direction`` as for ``h_n``.
+    """
+
+    h: Tensor
+    c: Tensor
+
+
+# --------------------------------------------------------------------------- checks
 
 
 def _check_size_arg(name: str, value) -> None:
     if not isinstance(value, int):
         raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
     if value < 1:
-        raise SizeArgumentError(f"{name} must be greater than zero, got {value}")
+        raise InvalidArgumentError(f"{name} must be greater than zero, got {value}")
 
 
 def _check_dropout(dropout) -> None:
@@ -60,14 +78,24 @@ def _check_dropout(dropout) -> None:
         )
 
 
-def _unpack_hx(hx, module: str) -> Tuple[Tensor, Tensor]:
-    if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+def _check_nonlinearity(nonlinearity) -> None:
+    if nonlinearity not in ("tanh", "relu"):
+        raise InvalidArgumentError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+
+
+def _state_tensors(hx, count: int, module: str) -> Tuple[Tensor, ...]:
+    """``hx`` as a tuple of ``count`` tensors: a pair for the LSTM, one tensor otherwise."""
+    if count == 1:
+        if not isinstance(hx, Tensor):
+            raise HiddenStateError(f"{module}: expected hx to be a Tensor, got {type(hx).__name__}")
+        return (hx,)
+    if not isinstance(hx, (tuple, list)) or len(hx) != count:
         got = f"a {type(hx).__name__}" if not isinstance(hx, (tuple, list)) else f"{len(hx)} items"
         raise HiddenStateError(f"{module}: expected hx to be a pair (h_0, c_0) of tensors, got {got}")
     if not all(isinstance(t, Tensor) for t in hx):
         got = ", ".join(type(t).__name__ for t in hx)
         raise HiddenStateError(f"{module}: expected hx to be a pair (h_0, c_0) of tensors, got ({got})")
-    return hx[0], hx[1]
+    return tuple(hx)
 
 
 def _check_state_like(state: Tensor, name: str, input: Tensor) -> None:
@@ -97,7 +125,7 @@ def _check_same_device(input: Tensor, weight: Tensor) -> None:
 
 
 def _check_input_dtype(input: Tensor, weight: Tensor, error: type = ValueError) -> None:
-    """torch.nn.LSTM raises ValueError for this, torch.nn.LSTMCell RuntimeError."""
+    """torch.nn's recurrent layers raise ValueError for this, its cells RuntimeError."""
     if input.dtype != weight.dtype and not torch.is_autocast_enabled(input.device.type):
         raise error(
             f"input dtype ({input.dtype}) does not match weight dtype ({weight.dtype}). Convert "
@@ -105,26 +133,30 @@ def _check_input_dtype(input: Tensor, weight: Tensor, error: type = ValueError) 
         )
 
 
-class LSTM(nn.Module):
-    """Multi-layer LSTM, a drop-in for :class:`torch.nn.LSTM`.
+# --------------------------------------------------------------------------- layers
 
-    ``forward(input, hx=None)`` returns ``(output, (h_n, c_n))`` with the
-    shapes torch.nn documents. Not yet supported: ``proj_size > 0`` and
-    :class:`~torch.nn.utils.rnn.PackedSequence` input (NotImplementedError).
-    """
+
+class _Sequence(NamedTuple):
+    """The input as the ops take it, and what is needed to give results back in
+    the caller's layout."""
+
+    x: Tensor  # time-major [T, B, I], or the packed data [N, I]
+    batch_sizes: Optional[Tensor]
+    sorted_indices: Optional[Tensor]
+    unsorted_indices: Optional[Tensor]
+    batched: bool
+    batch: int
+
+
+class _RecurrentBase(nn.Module):
+    """Parameters, argument checks and the layers × directions loop shared by
+    LSTM and RNN; a subclass says how one layer-direction runs."""
+
+    _state_names: Tuple[str, ...]
 
     def __init__(
-        self,
-        input_size: int,
-        hidden_size: int,
-        num_layers: int = 1,
-        bias: bool = True,
-        batch_first: bool = False,
-        dropout: float = 0.0,
-        bidirectional: bool = False,
-        proj_size: int = 0,
-        device=None,
-        dtype=None,
+        self, mode: str, gate_multiplier: int, input_size, hidden_size, num_layers, bias, batch_first,
+        dropout, bidirectional, proj_size, device, dtype,
     ) -> None:
         super().__init__()
         _check_dropout(dropout)
@@ -134,19 +166,16 @@ class LSTM(nn.Module):
         if not isinstance(proj_size, int) or proj_size < 0:
             raise ValueError(f"proj_size should be a positive integer or zero to disable projections, got {proj_size!r}")
         if proj_size >= hidden_size:
-            raise ValueError(f"proj_size has to be smaller than hidden_size, got proj_size={proj_size} >= hidden_size={hidden_size}")
-        if proj_size > 0:
-            raise NotImplementedError(
-                f"lstm_ext.LSTM: proj_size > 0 (got {proj_size}) is not supported yet; use proj_size=0 "
-                "or torch.nn.LSTM for projected LSTMs"
+            raise ValueError(
+                f"proj_size has to be smaller than hidden_size, got proj_size={proj_size} >= hidden_size={hidden_size}"
             )
         if dropout > 0 and num_layers == 1:
             warnings.warn(
                 "dropout option adds dropout after all but last recurrent layer, so non-zero dropout "
                 f"expects num_layers greater than 1, but got dropout={dropout} and num_layers={num_layers}",
-                stacklevel=2,
+                stacklevel=3,
             )
-        self.mode = "LSTM"
+        self.mode = mode
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -156,39 +185,41 @@ class LSTM(nn.Module):
         self.bidirectional = bidirectional
         self.proj_size = proj_size
         factory = {"device": device, "dtype": dtype}
-        num_directions = 2 if bidirectional else 1
-        gate_size = 4 * hidden_size
+        gate_size = gate_multiplier * hidden_size
+        real_hidden = proj_size if proj_size > 0 else hidden_size
         self._flat_weights_names: List[str] = []
         self._all_weights: List[List[str]] = []
         for layer in range(num_layers):
-            layer_input_size = input_size if layer == 0 else hidden_size * num_directions
-            for direction in range(num_directions):
+            layer_input_size = input_size if layer == 0 else real_hidden * self._num_directions
+            for direction in range(self._num_directions):
                 suffix = f"_l{layer}" + ("_reverse" if direction == 1 else "")
-                shapes = {
-                    "weight_ih": (gate_size, layer_input_size),
-                    "weight_hh": (gate_size, hidden_size),
-                }
+                shapes = {"weight_ih": (gate_size, layer_input_size), "weight_hh": (gate_size, real_hidden)}
                 if bias:
                     shapes.update({"bias_ih": (gate_size,), "bias_hh": (gate_size,)})
+                if proj_size > 0:
+                    shapes["weight_hr"] = (proj_size, hidden_size)
                 names = []
                 for kind, shape in shapes.items():
-                    name = kind + suffix
-                    setattr(self, name, nn.Parameter(torch.empty(shape, **factory)))
-                    names.append(name)
+                    setattr(self, kind + suffix, nn.Parameter(torch.empty(shape, **factory)))
+                    names.append(kind + suffix)
                 self._flat_weights_names.extend(names)
                 self._all_weights.append(names)
         self.reset_parameters()
 
+    @property
+    def _num_directions(self) -> int:
+        return 2 if self.bidirectional else 1
+
     def reset_parameters(self) -> None:
-        # Same distribution, and the same parameter order, as torch.nn.LSTM:
-        # under the same seed both modules draw identical weights.
+        # Same distribution, and the same parameter order, as torch.nn: under
+        # the same seed both modules draw identical weights.
         stdv = 1.0 / math.sqrt(self.hidden_size)
         for weight in self.parameters():
             nn.init.uniform_(weight, -stdv, stdv)
 
     def flatten_parameters(self) -> None:
-        """Kept for torch.nn.LSTM compatibility. A no-op: the fused kernels
-        read each layer's weights where they are, so there is nothing to flatten."""
+        """Kept for torch.nn compatibility. A no-op: the fused kernels read each
+        layer's weights where they are, so there is nothing to flatten."""
 
     @property
     def _flat_weights(self) -> List[Tensor]:
@@ -200,6 +231,8 @@ class LSTM(nn.Module):
 
     def extra_repr(self) -> str:
         s = "{input_size}, {hidden_size}"
+        if self.proj_size != 0:
+            s += ", proj_size={proj_size}"
         if self.num_layers != 1:
             s += ", num_layers={num_layers}"
         if self.bias is not True:
@@ -212,98 +245,225 @@ class LSTM(nn.Module):
             s += ", bidirectional={bidirectional}"
         return s.format(**self.__dict__)
 
-    def _layer_weights(self, layer: int, direction: int) -> Tuple[Tensor, Tensor, Optional[Tensor]]:
-        params = self.all_weights[layer * (2 if self.bidirectional else 1) + direction]
-        bias = params[2] + params[3] if self.bias else None
-        return params[0], params[1], bias
+    # -- what a subclass provides
+    def _state_sizes(self) -> Tuple[int, ...]:
+        raise NotImplementedError
 
-    def _check_input(self, input) -> None:
+    def _run_layer(self, x, params, states, reverse, batch_sizes, return_cells):
+        """-> (y, final states tuple, cells or None) for one layer-direction."""
+        raise NotImplementedError
+
+    # -- shared machinery
+    def _layer_params(self, index: int) -> dict:
+        names = self._all_weights[index]
+        return {name.split("_l")[0]: getattr(self, name) for name in names}
+
+    def _prepare_input(self, input) -> _Sequence:
+        module = type(self).__name__
         if isinstance(input, PackedSequence):
-            raise NotImplementedError(
-                "lstm_ext.LSTM: PackedSequence input is not supported yet; pass a padded tensor "
-                "(torch.nn.utils.rnn.pad_packed_sequence) or use torch.nn.LSTM"
-            )
+            x, batch_sizes, sorted_indices, unsorted_indices = input
+            self._check_features(x, module)
+            return _Sequence(x, batch_sizes, sorted_indices, unsorted_indices, True, int(batch_sizes[0]))
         if not isinstance(input, Tensor):
-            raise TypeError(f"LSTM: expected input to be a Tensor, got {type(input).__name__}")
+            raise TypeError(f"{module}: expected input to be a Tensor or PackedSequence, got {type(input).__name__}")
         if input.dim() not in (2, 3):
-            raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
-        if input.size(-1) != self.input_size:
-            raise RuntimeError(
-                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {input.size(-1)}"
-            )
-        _check_input_dtype(input, self.weight_ih_l0)
-        _check_device_supported(input, "LSTM")
-        _check_same_device(input, self.weight_ih_l0)
-
-    def _initial_state(self, input: Tensor, hx, batched: bool) -> Tuple[Tensor, Tensor]:
-        """(h_0, c_0) as [L*D, B, H] tensors, input in time-major [T, B, I]."""
-        num_states = self.num_layers * (2 if self.bidirectional else 1)
-        expected = (num_states, input.size(1), self.hidden_size)
-        if hx is None:
-            zeros = torch.zeros(expected, dtype=input.dtype, device=input.device)
-            return zeros, zeros
-        h0, c0 = _unpack_hx(hx, "LSTM")
-        rank = 3 if batched else 2
-        if h0.dim() != rank or c0.dim() != rank:
-            kind = "batched 3-D" if batched else "unbatched 2-D"
-            raise RuntimeError(
-                f"For {kind} input, hx and cx should also be {rank}-D but got ({h0.dim()}-D, {c0.dim()}-D) tensors"
-            )
-        if not batched:
-            h0, c0 = h0.unsqueeze(1), c0.unsqueeze(1)
-        for index, (name, state) in enumerate((("h_0", h0), ("c_0", c0))):
-            if tuple(state.shape) != expected:
-                shown = expected if batched else (expected[0], expected[2])
-                got = list(state.shape) if batched else [state.shape[0], state.shape[2]]
-                raise RuntimeError(f"Expected hidden[{index}] ({name}) size {shown}, got {got}")
-            _check_state_like(state, name, input)
-        return h0, c0
-
-    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None):
-        self._check_input(input)
+            raise ValueError(f"{module}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+        self._check_features(input, module)
         batched = input.dim() == 3
         if not batched:
-            input = input.unsqueeze(1)
+            x = input.unsqueeze(1)
         elif self.batch_first:
-            input = input.transpose(0, 1)
-        if input.size(0) == 0:
+            x = input.transpose(0, 1)
+        else:
+            x = input
+        if x.size(0) == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-        h0, c0 = self._initial_state(input, hx, batched)
+        return _Sequence(x, None, None, None, batched, x.size(1))
 
-        num_directions = 2 if self.bidirectional else 1
-        h_n: List[Tensor] = []
-        c_n: List[Tensor] = []
-        layer_input = input
+    def _check_features(self, x: Tensor, module: str) -> None:
+        if x.size(-1) != self.input_size:
+            raise RuntimeError(
+                f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.size(-1)}"
+            )
+        weight = self.weight_ih_l0
+        _check_input_dtype(x, weight)
+        _check_device_supported(x, module)
+        _check_same_device(x, weight)
+
+    def _initial_states(self, seq: _Sequence, hx) -> Tuple[Tensor, ...]:
+        """The initial states as [L*D, B, size] tensors, rows in the ops' order."""
+        num_states = self.num_layers * self._num_directions
+        sizes = self._state_sizes()
+        x = seq.x
+        if hx is None:
+            return tuple(torch.zeros(num_states, seq.batch, size, dtype=x.dtype, device=x.device) for size in sizes)
+        states = _state_tensors(hx, len(sizes), type(self).__name__)
+        rank = 3 if seq.batched else 2
+        if any(s.dim() != rank for s in states):
+            kind = "batched 3-D" if seq.batched else "unbatched 2-D"
+            dims = ", ".join(f"{s.dim()}-D" for s in states)
+            what = "hx and cx" if len(states) == 2 else "hx"
+            raise RuntimeError(f"For {kind} input, {what} should also be {rank}-D but got ({dims}) tensors")
+        if not seq.batched:
+            states = tuple(s.unsqueeze(1) for s in states)
+        for index, (name, state, size) in enumerate(zip(self._state_names, states, sizes)):
+            expected = (num_states, seq.batch, size)
+            if tuple(state.shape) != expected:
+                shown = expected if seq.batched else (num_states, size)
+                got = list(state.shape) if seq.batched else [state.shape[0], state.shape[2]]
+                label = f"hidden[{index}] ({name})" if len(sizes) > 1 else "hidden"
+                raise RuntimeError(f"Expected {label} size {shown}, got {got}")
+            _check_state_like(state, name, x)
+        if seq.sorted_indices is not None:
+            states = tuple(s.index_select(1, seq.sorted_indices) for s in states)
+        return states
+
+    def _restore_layout(self, seq: _Sequence, output: Tensor, finals, all_states):
+        """Gives results back in the caller's layout and order."""
+        if seq.batch_sizes is not None:
+            output = PackedSequence(output, seq.batch_sizes, seq.sorted_indices, seq.unsorted_indices)
+            if seq.unsorted_indices is not None:
+                finals = tuple(f.index_select(1, seq.unsorted_indices) for f in finals)
+        elif not seq.batched:
+            output = output.squeeze(1)
+            finals = tuple(f.squeeze(1) for f in finals)
+            all_states = tuple(a.squeeze(2) for a in all_states)
+        elif self.batch_first:
+            output = output.transpose(0, 1)
+            all_states = tuple(a.transpose(1, 2) for a in all_states)
+        return output, finals, all_states
+
+    def _run(self, input, hx, return_all_states: bool):
+        seq = self._prepare_input(input)
+        states = self._initial_states(seq, hx)
+        num_directions = self._num_directions
+        finals: List[List[Tensor]] = [[] for _ in states]
+        every_h: List[Tensor] = []
+        every_c: List[Tensor] = []
+        layer_input = seq.x
         for layer in range(self.num_layers):
             outputs = []
             for direction in range(num_directions):
                 index = layer * num_directions + direction
-                w_ih, w_hh, bias = self._layer_weights(layer, direction)
-                y, h, c = lstm_layer(layer_input, w_ih, w_hh, bias, h0[index], c0[index], reverse=direction == 1)
+                y, final, cells = self._run_layer(
+                    layer_input, self._layer_params(index), tuple(s[index] for s in states),
+                    direction == 1, seq.batch_sizes, return_all_states,
+                )
                 outputs.append(y)
-                h_n.append(h)
-                c_n.append(c)
-            layer_input = outputs[0] if num_directions == 1 else torch.cat(outputs, dim=2)
+                for collected, value in zip(finals, final):
+                    collected.append(value)
+                if return_all_states:
+                    every_h.append(y)
+                    if cells is not None:
+                        every_c.append(cells)
+            layer_input = outputs[0] if num_directions == 1 else torch.cat(outputs, dim=-1)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, p=self.dropout, training=True)
-
-        output = layer_input
-        h_out, c_out = torch.stack(h_n), torch.stack(c_n)
-        if not batched:
-            return output.squeeze(1), (h_out.squeeze(1), c_out.squeeze(1))
-        if self.batch_first:
-            output = output.transpose(0, 1)
-        return output, (h_out, c_out)
+        all_states = tuple(torch.stack(e) for e in (every_h, every_c) if e)
+        return self._restore_layout(seq, layer_input, tuple(torch.stack(f) for f in finals), all_states)
 
 
-class LSTMCell(nn.Module):
-    """One LSTM step, a drop-in for :class:`torch.nn.LSTMCell`.
+class LSTM(_RecurrentBase):
+    """Multi-layer LSTM, a drop-in for :class:`torch.nn.LSTM`.
 
-    ``forward(input, hx=None)`` returns ``(h_1, c_1)``; input is ``[B, I]`` or
-    unbatched ``[I]``.
+    ``forward(input, hx=None)`` returns ``(output, (h_n, c_n))`` with the
+    shapes torch.nn documents, for tensors and PackedSequences alike.
+
+    ``forward(input, hx, return_all_states=True)`` (keyword only) also returns
+    an :class:`LSTMStates` ``(h, c)`` holding every step's hidden and cell
+    state of every layer and direction, differentiable like the rest. The
+    default path does not compute or keep them.
     """
 
-    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
+    _state_names = ("h_0", "c_0")
+
+    def __init__(
+        self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+        batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+        proj_size: int = 0, device=None, dtype=None,
+    ) -> None:
+        super().__init__(
+            "LSTM", 4, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+            proj_size, device, dtype,
+        )
+
+    def _state_sizes(self) -> Tuple[int, ...]:
+        return (self.proj_size or self.hidden_size, self.hidden_size)
+
+    def _run_layer(self, x, params, states, reverse, batch_sizes, return_cells):
+        bias = params["bias_ih"] + params["bias_hh"] if self.bias else None
+        result = lstm_layer(
+            x, params["weight_ih"], params["weight_hh"], bias, states[0], states[1], reverse=reverse,
+            batch_sizes=batch_sizes, w_hr=params.get("weight_hr"), return_cells=return_cells,
+        )
+        cells = result[3] if return_cells else None
+        return result[0], result[1:3], cells
+
+    def forward(self, input, hx: Optional[Tuple[Tensor, Tensor]] = None, *, return_all_states: bool = False):
+        output, (h_n, c_n), every = self._run(input, hx, return_all_states)
+        if return_all_states:
+            return output, (h_n, c_n), LSTMStates(*every)
+        return output, (h_n, c_n)
+
+
+class RNN(_RecurrentBase):
+    """Multi-layer Elman RNN with tanh or relu, a drop-in for :class:`torch.nn.RNN`.
+
+    ``forward(input, hx=None)`` returns ``(output, h_n)``;
+    ``return_all_states=True`` (keyword only) also returns every step's
+    hidden state of every layer and direction, ``[num_layers *
+    num_directions, *seq, hidden_size]`` as for :class:`LSTMStates`.
+    """
+
+    _state_names = ("h_0",)
+
+    def __init__(
+        self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
+        bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+        device=None, dtype=None, **kwargs,
+    ) -> None:
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        if kwargs:
+            raise TypeError(f"RNN.__init__() got unexpected keyword arguments: {', '.join(kwargs)}")
+        _check_nonlinearity(nonlinearity)
+        self.nonlinearity = nonlinearity
+        super().__init__(
+            "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU", 1, input_size, hidden_size, num_layers,
+            bias, batch_first, dropout, bidirectional, 0, device, dtype,
+        )
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        return s if self.nonlinearity == "tanh" else s + ", nonlinearity={}".format(self.nonlinearity)
+
+    def _state_sizes(self) -> Tuple[int, ...]:
+        return (self.hidden_size,)
+
+    def _run_layer(self, x, params, states, reverse, batch_sizes, return_cells):
+        bias = params["bias_ih"] + params["bias_hh"] if self.bias else None
+        y, h_n = rnn_layer(
+            x, params["weight_ih"], params["weight_hh"], bias, states[0], reverse=reverse,
+            relu=self.nonlinearity == "relu", batch_sizes=batch_sizes,
+        )
+        return y, (h_n,), None
+
+    def forward(self, input, hx: Optional[Tensor] = None, *, return_all_states: bool = False):
+        output, (h_n,), every = self._run(input, hx, return_all_states)
+        if return_all_states:
+            return output, h_n, every[0]
+        return output, h_n
+
+
+# --------------------------------------------------------------------------- cells
+
+
+class _CellBase(nn.Module):
+    """Parameters and checks shared by LSTMCell and RNNCell."""
+
+    _num_states: int
+
+    def __init__(self, input_size, hidden_size, bias, gate_multiplier, device, dtype) -> None:
         super().__init__()
         _check_size_arg("input_size", input_size)
         _check_size_arg("hidden_size", hidden_size)
@@ -311,11 +471,12 @@ class LSTMCell(nn.Module):
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.bias = bias
-        self.weight_ih = nn.Parameter(torch.empty((4 * hidden_size, input_size), **factory))
-        self.weight_hh = nn.Parameter(torch.empty((4 * hidden_size, hidden_size), **factory))
+        gate_size = gate_multiplier * hidden_size
+        self.weight_ih = nn.Parameter(torch.empty((gate_size, input_size), **factory))
+        self.weight_hh = nn.Parameter(torch.empty((gate_size, hidden_size), **factory))
         if bias:
-            self.bias_ih = nn.Parameter(torch.empty(4 * hidden_size, **factory))
-            self.bias_hh = nn.Parameter(torch.empty(4 * hidden_size, **factory))
+            self.bias_ih = nn.Parameter(torch.empty(gate_size, **factory))
+            self.bias_hh = nn.Parameter(torch.empty(gate_size, **factory))
         else:
             self.register_parameter("bias_ih", None)
             self.register_parameter("bias_hh", None)
@@ -330,19 +491,24 @@ class LSTMCell(nn.Module):
         s = "{input_size}, {hidden_size}"
         if self.bias is not True:
             s += ", bias={bias}"
+        if getattr(self, "nonlinearity", "tanh") != "tanh":
+            s += ", nonlinearity={nonlinearity}"
         return s.format(**self.__dict__)
 
-    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
+    def _combined_bias(self) -> Optional[Tensor]:
+        return self.bias_ih + self.bias_hh if self.bias else None
+
+    def _prepare(self, input, hx) -> Tuple[Tensor, Tuple[Tensor, ...], bool]:
+        """-> (input [1, B, I], states ([B, H], ...), batched)."""
+        module = type(self).__name__
         if not isinstance(input, Tensor):
-            raise TypeError(f"LSTMCell: expected input to be a Tensor, got {type(input).__name__}")
+            raise TypeError(f"{module}: expected input to be a Tensor, got {type(input).__name__}")
         if input.dim() not in (1, 2):
-            raise ValueError(f"LSTMCell: Expected input to be 1D or 2D, got {input.dim()}D instead")
+            raise ValueError(f"{module}: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if input.size(-1) != self.input_size:
-            raise RuntimeError(
-                f"input has inconsistent input_size: got {input.size(-1)} expected {self.input_size}"
-            )
+            raise RuntimeError(f"input has inconsistent input_size: got {input.size(-1)} expected {self.input_size}")
         _check_input_dtype(input, self.weight_ih, RuntimeError)
-        _check_device_supported(input, "LSTMCell")
+        _check_device_supported(input, module)
         _check_same_device(input, self.weight_ih)
         batched = input.dim() == 2
         if not batched:
@@ -350,27 +516,65 @@ class LSTMCell(nn.Module):
         batch = input.size(0)
         if hx is None:
             zeros = torch.zeros(batch, self.hidden_size, dtype=input.dtype, device=input.device)
-            h0 = c0 = zeros
-        else:
-            h0, c0 = _unpack_hx(hx, "LSTMCell")
-            rank = 2 if batched else 1
-            if h0.dim() != rank or c0.dim() != rank:
+            return input.unsqueeze(0), (zeros,) * self._num_states, batched
+        states = _state_tensors(hx, self._num_states, module)
+        rank = 2 if batched else 1
+        if any(s.dim() != rank for s in states):
+            dims = ", ".join(f"{s.dim()}D" for s in states)
+            raise RuntimeError(f"{module}: Expected hidden states to be {rank}D for {rank}D input, got ({dims})")
+        if not batched:
+            states = tuple(s.unsqueeze(0) for s in states)
+        for index, state in enumerate(states):
+            if state.size(0) != batch:
+                raise RuntimeError(f"Input batch size {batch} doesn't match hidden{index} batch size {state.size(0)}")
+            if state.size(1) != self.hidden_size:
                 raise RuntimeError(
-                    f"LSTMCell: Expected hx[0] and hx[1] to be {rank}D for {rank}D input, got "
-                    f"({h0.dim()}D, {c0.dim()}D)"
+                    f"hidden{index} has inconsistent hidden_size: got {state.size(1)}, expected {self.hidden_size}"
                 )
-            if not batched:
-                h0, c0 = h0.unsqueeze(0), c0.unsqueeze(0)
-            for index, state in enumerate((h0, c0)):
-                if state.size(0) != batch:
-                    raise RuntimeError(f"Input batch size {batch} doesn't match hidden{index} batch size {state.size(0)}")
-                if state.size(1) != self.hidden_size:
-                    raise RuntimeError(
-                        f"hidden{index} has inconsistent hidden_size: got {state.size(1)}, expected {self.hidden_size}"
-                    )
-                _check_state_like(state, f"hx[{index}]", input)
-        bias = self.bias_ih + self.bias_hh if self.bias else None
-        _, h1, c1 = lstm_layer(input.unsqueeze(0), self.weight_ih, self.weight_hh, bias, h0, c0)
+            _check_state_like(state, f"hx[{index}]" if self._num_states > 1 else "hx", input)
+        return input.unsqueeze(0), states, batched
+
+
+class LSTMCell(_CellBase):
+    """One LSTM step, a drop-in for :class:`torch.nn.LSTMCell`.
+
+    ``forward(input, hx=None)`` returns ``(h_1, c_1)``; input is ``[B, I]`` or
+    unbatched ``[I]``.
+    """
+
+    _num_states = 2
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__(input_size, hidden_size, bias, 4, device, dtype)
+
+    def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
+        x, (h0, c0), batched = self._prepare(input, hx)
+        _, h1, c1 = lstm_layer(x, self.weight_ih, self.weight_hh, self._combined_bias(), h0, c0)
         if not batched:
             return h1.squeeze(0), c1.squeeze(0)
         return h1, c1
+
+
+class RNNCell(_CellBase):
+    """One Elman RNN step, a drop-in for :class:`torch.nn.RNNCell`.
+
+    ``forward(input, hx=None)`` returns ``h_1``; input is ``[B, I]`` or
+    unbatched ``[I]``.
+    """
+
+    _num_states = 1
+
+    def __init__(
+        self, input_size: int, hidden_size: int, bias: bool = True, nonlinearity: str = "tanh",
+        device=None, dtype=None,
+    ) -> None:
+        _check_nonlinearity(nonlinearity)
+        super().__init__(input_size, hidden_size, bias, 1, device, dtype)
+        self.nonlinearity = nonlinearity
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        x, (h0,), batched = self._prepare(input, hx)
+        _, h1 = rnn_layer(
+            x, self.weight_ih, self.weight_hh, self._combined_bias(), h0, relu=self.nonlinearity == "relu"
+        )
+        return h1 if batched else h1.squeeze(0)

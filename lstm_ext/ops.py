@@ -36,17 +36,25 @@ def lstm_layer(
     h0: Tensor,
     c0: Tensor,
     reverse: bool = False,
-) -> Tuple[Tensor, Tensor, Tensor]:
+    batch_sizes: Optional[Tensor] = None,
+    w_hr: Optional[Tensor] = None,
+    return_cells: bool = False,
+):
     """One LSTM layer in one direction over a whole sequence.
 
-    Shapes: ``x [T,B,I]``, ``w_ih [4H,I]``, ``w_hh [4H,H]``, ``bias [4H]``
-    (``b_ih + b_hh``) or None, ``h0`` and ``c0 [B,H]``. Returns ``y [T,B,H]``,
-    ``h_n [B,H]`` and ``c_n [B,H]``. ``reverse=True`` runs from the last step
-    to the first; ``y[t]`` stays aligned with ``x[t]``. Differentiable in
-    every tensor argument.
+    Shapes: ``x [T,B,I]``, or the packed ``[N,I]`` of a PackedSequence with
+    its ``batch_sizes``; ``w_ih [4H,I]``, ``w_hh [4H,P]``, ``bias [4H]``
+    (``b_ih + b_hh``) or None, ``h0 [B,P]``, ``c0 [B,H]``, and the optional
+    projection ``w_hr [P,H]`` (P = H without one). Returns ``y [T,B,P]`` (or
+    ``[N,P]``), ``h_n [B,P]`` and ``c_n [B,H]``, and with ``return_cells``
+    also every ``c_t`` as ``cells [T,B,H]`` (or ``[N,H]``). ``reverse=True``
+    runs from the last step to the first; ``y[t]`` stays aligned with
+    ``x[t]``. Differentiable in every tensor argument, ``cells`` included.
     """
-    save = _needs_grad(x, w_ih, w_hh, bias, h0, c0)
-    y, h_n, c_n, _, _ = _forward_op(x, w_ih, w_hh, bias, h0, c0, reverse, save)
+    save = return_cells or _needs_grad(x, w_ih, w_hh, bias, h0, c0, w_hr)
+    y, h_n, c_n, _, cells = _forward_op(x, w_ih, w_hh, bias, h0, c0, reverse, save, batch_sizes, w_hr)
+    if return_cells:
+        return y, h_n, c_n, cells
     return y, h_n, c_n
 
 
@@ -71,26 +79,34 @@ def _check_like_x(op: str, x: Tensor, **tensors: Optional[Tensor]) -> None:
             raise RuntimeError(f"{op}: {name}: expected dtype {x.dtype} (the dtype of x), got {t.dtype}")
 
 
+def _sequence_shape(x: Tensor, batch_sizes: Optional[Tensor], features: int):
+    """[T,B,F] for a dense x [T,B,I]; [N,F] for a packed x [N,I]."""
+    return (*x.shape[:-1], features)
+
+
 @torch.library.register_fake("lstm_ext::lstm_forward")
-def _lstm_forward_fake(x, w_ih, w_hh, bias, h0, c0, reverse, save_for_backward):
-    _check_like_x("lstm_forward", x, w_ih=w_ih, w_hh=w_hh, bias=bias, h0=h0, c0=c0)
-    T, B, _ = x.shape
-    H = w_hh.shape[1]
-    y = x.new_empty((T, B, H))
-    h_n = x.new_empty((B, H))
-    c_n = x.new_empty((B, H))
+def _lstm_forward_fake(x, w_ih, w_hh, bias, h0, c0, reverse, save_for_backward, batch_sizes=None, w_hr=None):
+    _check_like_x("lstm_forward", x, w_ih=w_ih, w_hh=w_hh, bias=bias, h0=h0, c0=c0, w_hr=w_hr)
+    H = w_hh.shape[0] // 4
+    P = w_hh.shape[1]
+    y = x.new_empty(_sequence_shape(x, batch_sizes, P))
+    h_n = x.new_empty(h0.shape)
+    c_n = x.new_empty(c0.shape)
     if save_for_backward:
-        return y, h_n, c_n, x.new_empty((T, B, 4 * H)), x.new_empty((T, B, H))
+        gates = x.new_empty(_sequence_shape(x, batch_sizes, 4 * H))
+        cells = x.new_empty(_sequence_shape(x, batch_sizes, H))
+        return y, h_n, c_n, gates, cells
     return y, h_n, c_n, x.new_empty((0,)), x.new_empty((0,))
 
 
 @torch.library.register_fake("lstm_ext::lstm_backward")
 def _lstm_backward_fake(
-    grad_y, grad_h_n, grad_c_n, grad_cells, x, w_ih, w_hh, h0, c0, y, gates, cells, reverse, need_grad_x
+    grad_y, grad_h_n, grad_c_n, grad_cells, x, w_ih, w_hh, h0, c0, y, gates, cells, reverse, need_grad_x,
+    batch_sizes=None, w_hr=None,
 ):
     _check_like_x(
         "lstm_backward", x, grad_y=grad_y, grad_h_n=grad_h_n, grad_c_n=grad_c_n, grad_cells=grad_cells,
-        w_ih=w_ih, w_hh=w_hh, h0=h0, c0=c0, y=y, gates=gates, cells=cells,
+        w_ih=w_ih, w_hh=w_hh, h0=h0, c0=c0, y=y, gates=gates, cells=cells, w_hr=w_hr,
     )
     # The real kernels return fresh contiguous tensors whatever the inputs'
     # strides, so the fakes use new_empty(shape), never empty_like.
@@ -102,20 +118,22 @@ def _lstm_backward_fake(
         w_hh.new_empty((w_hh.shape[0],)),
         h0.new_empty(h0.shape),
         c0.new_empty(c0.shape),
+        w_hr.new_empty(w_hr.shape) if w_hr is not None else x.new_empty((0,)),
     )
 
 
 def _setup_context(ctx, inputs, output):
-    x, w_ih, w_hh, bias, h0, c0, reverse, save_for_backward = inputs
+    x, w_ih, w_hh, bias, h0, c0, reverse, save_for_backward, batch_sizes, w_hr = inputs
     y, _, _, gates, cells = output
     ctx.reverse = reverse
     ctx.saved = save_for_backward
     ctx.has_bias = bias is not None
+    ctx.batch_sizes = batch_sizes
     ctx.mark_non_differentiable(gates)
     # Absent output gradients stay None, and the kernel reads None as zero,
     # instead of autograd materialising [T,B,H] tensors of zeros.
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(x, w_ih, w_hh, h0, c0, y, gates, cells)
+    ctx.save_for_backward(x, w_ih, w_hh, h0, c0, y, gates, cells, w_hr)
 
 
 def _lstm_forward_backward(ctx, grad_y, grad_h_n, grad_c_n, _grad_gates, grad_cells):
@@ -125,11 +143,13 @@ def _lstm_forward_backward(ctx, grad_y, grad_h_n, grad_c_n, _grad_gates, grad_ce
             "activations to differentiate. Call it with save_for_backward=True when gradients "
             "are needed (lstm_ext.ops.lstm_layer decides this automatically)."
         )
-    x, w_ih, w_hh, h0, c0, y, gates, cells = ctx.saved_tensors
+    x, w_ih, w_hh, h0, c0, y, gates, cells, w_hr = ctx.saved_tensors
     needs = ctx.needs_input_grad
-    grad_x, grad_w_ih, grad_w_hh, grad_bias, grad_h0, grad_c0 = _backward_op(
-        grad_y, grad_h_n, grad_c_n, grad_cells, x, w_ih, w_hh, h0, c0, y, gates, cells, ctx.reverse, needs[0]
+    grads = _backward_op(
+        grad_y, grad_h_n, grad_c_n, grad_cells, x, w_ih, w_hh, h0, c0, y, gates, cells,
+        ctx.reverse, needs[0], ctx.batch_sizes, w_hr,
     )
+    grad_x, grad_w_ih, grad_w_hh, grad_bias, grad_h0, grad_c0, grad_w_hr = grads
     return (
         grad_x if needs[0] else None,
         grad_w_ih if needs[1] else None,
@@ -139,6 +159,8 @@ def _lstm_forward_backward(ctx, grad_y, grad_h_n, grad_c_n, _grad_gates, grad_ce
         grad_c0 if needs[5] else None,
         None,
         None,
+        None,
+        grad_w_hr if w_hr is not None and needs[9] else None,
     )
 
 

@@ -340,19 +340,6 @@ def test_all_weights_structure():
                 assert isinstance(e, nn.Parameter) and e.shape == r.shape, name
 
 
-def test_proj_size_not_implemented():
-    with pytest.raises(NotImplementedError, match="proj_size"):
-        lstm_ext.LSTM(3, 4, proj_size=2)
-
-
-def test_packed_sequence_not_implemented():
-    ext = lstm_ext.LSTM(3, 4)
-    x = randn(5, 2, 3)
-    packed = nn.utils.rnn.pack_padded_sequence(x, torch.tensor([5, 3]))
-    with pytest.raises(NotImplementedError, match="PackedSequence"):
-        ext(packed)
-
-
 def test_eval_mode_backward(device):
     ref, ext = make_pair(3, 5, 2, bidirectional=True, dropout=0.3, device=device)
     ref.eval()

@@ -295,7 +295,8 @@ def test_backward_op_vs_reference(device, reverse, has_bias, use_gcells, need_gr
         gcells = None
     got = OPS.lstm_backward(gy, ghn, gcn, gcells, x, w_ih, w_hh, h0, c0, y, gates, cells,
                             reverse, need_grad_x)
-    assert len(got) == 6
+    assert len(got) == 7
+    assert got[6].shape == (0,), "grad_w_hr must be an empty [0] tensor without a projection"
     exp = ref_grads(x, w_ih, w_hh, b, h0, c0, reverse, gy, ghn, gcn, gcells)
     _, gtol = tols(torch.float64)
     for name, a, e in zip(GRAD_NAMES, got, exp):

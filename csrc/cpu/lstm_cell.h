@@ -24,30 +24,31 @@ inline Vec<T> sigmoid(Vec<T> x) {
 }
 
 // Forward cell update.
-//   gates  [B,4H]  in: pre-activations (x W_ih^T + b + h W_hh^T);
+//   gates   [B,4H] in: pre-activations (x W_ih^T + b + h W_hh^T);
 //                  out: activations i, f, g, o if save_gates, else untouched.
-//   c_prev [B,H]   c_{t-1}.
-//   c_next [B,H]   c_t; may alias c_prev (each element is read before written).
-//   h_next [B,H]   h_t, row stride ldh (>= H).
+//   c_state [B,H]  in: c_{t-1}; out: c_t.
+//   c_save  [B,H]  out: c_t as well, or null.
+//   h_out   [B,H]  out: o * tanh(c_t).
+//   h_out2  [B,H]  out: the same again, or null (the running state buffer).
 template <typename T>
-void lstm_cell_forward(int64_t row_begin, int64_t row_end, int64_t H, T* gates, const T* c_prev,
-                       T* c_next, T* h_next, int64_t ldh, bool save_gates) {
+void lstm_cell_forward(int64_t row_begin, int64_t row_end, int64_t H, T* gates, T* c_state,
+                       T* c_save, T* h_out, T* h_out2, bool save_gates) {
   constexpr int64_t W = Vec<T>::size();
   for (int64_t b = row_begin; b < row_end; ++b) {
     T* g = gates + b * 4 * H;
-    const T* cp = c_prev + b * H;
-    T* cn = c_next + b * H;
-    T* hn = h_next + b * ldh;
+    const int64_t r = b * H;
     for (int64_t j = 0; j < H; j += W) {
       const int64_t n = std::min<int64_t>(W, H - j);
       const Vec<T> i = sigmoid(Vec<T>::loadu(g + j, n));
       const Vec<T> f = sigmoid(Vec<T>::loadu(g + H + j, n));
       const Vec<T> gg = Vec<T>::loadu(g + 2 * H + j, n).tanh();
       const Vec<T> o = sigmoid(Vec<T>::loadu(g + 3 * H + j, n));
-      const Vec<T> c = f * Vec<T>::loadu(cp + j, n) + i * gg;
+      const Vec<T> c = f * Vec<T>::loadu(c_state + r + j, n) + i * gg;
       const Vec<T> h = o * c.tanh();
-      c.store(cn + j, n);
-      h.store(hn + j, n);
+      c.store(c_state + r + j, n);
+      if (c_save) c.store(c_save + r + j, n);
+      h.store(h_out + r + j, n);
+      if (h_out2) h.store(h_out2 + r + j, n);
       if (save_gates) {
         i.store(g + j, n);
         f.store(g + H + j, n);
@@ -66,10 +67,11 @@ void lstm_cell_forward(int64_t row_begin, int64_t row_end, int64_t H, T* gates, 
 //   grad_c_out [B,H]  gradient arriving at c_t from the `cells` output, or null.
 //   grad_c     [B,H]  in: gradient at c_t through step t+1; out: at c_{t-1}.
 //   grad_gates [B,4H] out: gradients of the gate pre-activations.
+//   h_raw      [B,H]  out: o * tanh(c_t), the unprojected h_t, or null.
 template <typename T>
 void lstm_cell_backward(int64_t row_begin, int64_t row_end, int64_t H, const T* gates,
                         const T* c_t, const T* c_prev, const T* grad_h_out, const T* grad_h_rec,
-                        const T* grad_c_out, T* grad_c, T* grad_gates) {
+                        const T* grad_c_out, T* grad_c, T* grad_gates, T* h_raw) {
   constexpr int64_t W = Vec<T>::size();
   const Vec<T> one(T(1));
   for (int64_t b = row_begin; b < row_end; ++b) {
@@ -93,6 +95,7 @@ void lstm_cell_backward(int64_t row_begin, int64_t row_end, int64_t H, const T* 
       (dc * i * (one - gg * gg)).store(dg + 2 * H + j, n);
       (dh * tc * o * (one - o)).store(dg + 3 * H + j, n);
       (dc * f).store(grad_c + r + j, n);
+      if (h_raw) (o * tc).store(h_raw + r + j, n);
     }
   }
 }

@@ -1,7 +1,7 @@
 // CPU binding: tensors in, raw pointers to the time loops, tensors out.
 //
-// The two GEMMs that cover every time step at once (the input projection in
-// forward, the weight and input gradients in backward) go through ATen here;
+// The GEMMs that cover every time step at once (the input projection in
+// forward; the weight and input gradients in backward) go through ATen here;
 // everything sequential happens in lstm_sequence.cpp.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
@@ -9,70 +9,82 @@
 
 #include "checks.h"
 #include "cpu/lstm_sequence.h"
+#include "step_layout.h"
 
 namespace lstm_ext::cpu {
 namespace {
 
 using at::Tensor;
+using OptTensor = std::optional<Tensor>;
 
-// Time index of the last step the loop visits: where h_n and c_n come from.
-int64_t last_time_index(int64_t T, bool reverse) { return reverse ? 0 : T - 1; }
+bool present(const OptTensor& t) { return t.has_value() && t->defined(); }
 
-// x W_ih^T + bias for all T*B rows at once, into a fresh [T,B,4H] buffer that
-// the time loop then accumulates the recurrent product into.
-Tensor input_projection(const Tensor& x, const Tensor& w_ih, const std::optional<Tensor>& bias,
+OptTensor contiguous_or_none(const OptTensor& t) {
+  if (!present(t)) return std::nullopt;
+  return t->contiguous();
+}
+
+template <typename scalar_t>
+scalar_t* ptr_or_null(const OptTensor& t) {
+  return present(t) ? t->data_ptr<scalar_t>() : nullptr;
+}
+
+StepLayout make_layout(const SequenceDims& seq, const OptTensor& batch_sizes) {
+  if (!seq.packed) return StepLayout(seq.T, seq.B);
+  return StepLayout(batch_sizes->contiguous().data_ptr<int64_t>(), seq.T);
+}
+
+// x W_ih^T + bias for all N rows at once, into a fresh [N,4H] buffer that the
+// time loop accumulates the recurrent product into.
+Tensor input_projection(const Tensor& x, const Tensor& w_ih, const OptTensor& bias,
                         const LstmDims& d) {
-  Tensor gates = at::empty({d.T, d.B, 4 * d.H}, x.options());
-  Tensor gates2d = gates.view({d.T * d.B, 4 * d.H});
-  const Tensor x2d = x.view({d.T * d.B, d.I});
-  if (bias.has_value() && bias->defined()) {
-    at::addmm_out(gates2d, *bias, x2d, w_ih.t());
+  Tensor gates = at::empty({d.seq.N, 4 * d.H}, x.options());
+  const Tensor x2d = x.view({d.seq.N, d.I});
+  if (present(bias)) {
+    at::addmm_out(gates, *bias, x2d, w_ih.t());
   } else {
-    at::mm_out(gates2d, x2d, w_ih.t());
+    at::mm_out(gates, x2d, w_ih.t());
   }
   return gates;
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_cpu(
-    const Tensor& x_in, const Tensor& w_ih_in, const Tensor& w_hh_in,
-    const std::optional<Tensor>& bias, const Tensor& h0_in, const Tensor& c0_in, bool reverse,
-    bool save_for_backward) {
-  const LstmDims d = check_forward_args(x_in, w_ih_in, w_hh_in, bias, h0_in, c0_in);
+    const Tensor& x_in, const Tensor& w_ih_in, const Tensor& w_hh_in, const OptTensor& bias,
+    const Tensor& h0, const Tensor& c0, bool reverse, bool save_for_backward,
+    const OptTensor& batch_sizes, const OptTensor& w_hr_in) {
+  const LstmDims d =
+      check_lstm_forward_args(x_in, w_ih_in, w_hh_in, bias, h0, c0, batch_sizes, w_hr_in);
+  const StepLayout layout = make_layout(d.seq, batch_sizes);
   const Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
-  const Tensor h0 = h0_in.contiguous(), c0 = c0_in.contiguous();
+  const OptTensor w_hr = contiguous_or_none(w_hr_in);
   const auto opts = x.options();
 
   Tensor gates = input_projection(x, w_ih, bias, d);
-  Tensor y = at::empty({d.T, d.B, d.H}, opts);
-  Tensor cells = save_for_backward ? at::empty({d.T, d.B, d.H}, opts) : at::empty({0}, opts);
-  Tensor c_state = save_for_backward ? Tensor() : at::empty({d.B, d.H}, opts);
+  Tensor y = at::empty(d.seq.shape(d.P), opts);
+  Tensor cells = save_for_backward ? at::empty(d.seq.shape(d.H), opts) : at::empty({0}, opts);
+  // The running state: starts as (h0, c0), ends as (h_n, c_n).
+  Tensor h_state = h0.contiguous().clone();
+  Tensor c_state = c0.contiguous().clone();
+  Tensor h_raw = d.projected ? at::empty({d.seq.B, d.H}, opts) : Tensor();
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_forward_cpu", [&] {
     lstm_forward_loop<scalar_t>(
-        d.T, d.B, d.H, reverse, save_for_backward, w_hh.data_ptr<scalar_t>(),
-        gates.data_ptr<scalar_t>(), h0.data_ptr<scalar_t>(), c0.data_ptr<scalar_t>(),
-        y.data_ptr<scalar_t>(), save_for_backward ? cells.data_ptr<scalar_t>() : nullptr,
-        save_for_backward ? nullptr : c_state.data_ptr<scalar_t>());
+        layout, reverse, save_for_backward, d.H, d.P, w_hh.data_ptr<scalar_t>(),
+        ptr_or_null<scalar_t>(w_hr), gates.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
+        save_for_backward ? cells.data_ptr<scalar_t>() : nullptr, h_state.data_ptr<scalar_t>(),
+        c_state.data_ptr<scalar_t>(), d.projected ? h_raw.data_ptr<scalar_t>() : nullptr);
   });
 
-  Tensor h_n, c_n;
-  if (d.T == 0) {
-    h_n = h0.clone();
-    c_n = c0.clone();
-  } else {
-    const int64_t last = last_time_index(d.T, reverse);
-    h_n = y[last].clone();
-    c_n = save_for_backward ? cells[last].clone() : c_state;
-  }
   if (!save_for_backward) gates = at::empty({0}, opts);
-  return {y, h_n, c_n, gates, cells};
+  else gates = gates.view(d.seq.shape(4 * d.H));
+  return {y, h_state, c_state, gates, cells};
 }
 
-// A fresh, writable [B,H] copy of an optional gradient (zeros when absent):
+// A fresh, writable copy of an optional state gradient (zeros when absent):
 // the backward loop accumulates into it in place.
-Tensor state_grad_buffer(const std::optional<Tensor>& g, const Tensor& like) {
-  Tensor buf = at::empty_like(like, at::MemoryFormat::Contiguous);
-  if (g.has_value() && g->defined()) {
+Tensor state_grad_buffer(const OptTensor& g, const Tensor& like) {
+  Tensor buf = at::empty(like.sizes(), like.options());
+  if (present(g)) {
     buf.copy_(*g);
   } else {
     buf.zero_();
@@ -80,65 +92,57 @@ Tensor state_grad_buffer(const std::optional<Tensor>& g, const Tensor& like) {
   return buf;
 }
 
-std::optional<Tensor> contiguous_or_none(const std::optional<Tensor>& t) {
-  if (!t.has_value() || !t->defined()) return std::nullopt;
-  return t->contiguous();
-}
-
-// grad W_hh = sum_t grad_gates[t]^T h_{t-1}. h_{t-1} is y at the previous
-// visited time index, or h0 for the first visited step, so this is one GEMM
-// over the T-1 shifted steps plus one over the first, with no copy of y.
-Tensor recurrent_weight_grad(const Tensor& grad_gates, const Tensor& y, const Tensor& h0,
-                             const LstmDims& d, bool reverse) {
-  const int64_t G = 4 * d.H;
-  Tensor grad_w_hh = at::mm(grad_gates[reverse ? d.T - 1 : 0].t(), h0);
-  if (d.T > 1) {
-    const Tensor dg = reverse ? grad_gates.slice(0, 0, d.T - 1) : grad_gates.slice(0, 1, d.T);
-    const Tensor h_prev = reverse ? y.slice(0, 1, d.T) : y.slice(0, 0, d.T - 1);
-    grad_w_hh.addmm_(dg.reshape({-1, G}).t(), h_prev.reshape({-1, d.H}));
-  }
-  return grad_w_hh;
-}
-
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_cpu(
-    const std::optional<Tensor>& grad_y_in, const std::optional<Tensor>& grad_h_n,
-    const std::optional<Tensor>& grad_c_n, const std::optional<Tensor>& grad_cells_in,
-    const Tensor& x_in, const Tensor& w_ih_in, const Tensor& w_hh_in, const Tensor& h0_in,
-    const Tensor& c0_in, const Tensor& y_in, const Tensor& gates_in, const Tensor& cells_in,
-    bool reverse, bool need_grad_x) {
-  const LstmDims d = check_backward_args(grad_y_in, grad_h_n, grad_c_n, grad_cells_in, x_in,
-                                         w_ih_in, w_hh_in, h0_in, c0_in, y_in, gates_in, cells_in);
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_cpu(
+    const OptTensor& grad_y_in, const OptTensor& grad_h_n, const OptTensor& grad_c_n,
+    const OptTensor& grad_cells_in, const Tensor& x_in, const Tensor& w_ih_in,
+    const Tensor& w_hh_in, const Tensor& h0_in, const Tensor& c0_in, const Tensor& y_in,
+    const Tensor& gates_in, const Tensor& cells_in, bool reverse, bool need_grad_x,
+    const OptTensor& batch_sizes, const OptTensor& w_hr_in) {
+  const LstmDims d =
+      check_lstm_backward_args(grad_y_in, grad_h_n, grad_c_n, grad_cells_in, x_in, w_ih_in,
+                               w_hh_in, h0_in, c0_in, y_in, gates_in, cells_in, batch_sizes,
+                               w_hr_in);
+  const StepLayout layout = make_layout(d.seq, batch_sizes);
   const Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   const Tensor h0 = h0_in.contiguous(), c0 = c0_in.contiguous(), y = y_in.contiguous();
   const Tensor gates = gates_in.contiguous(), cells = cells_in.contiguous();
-  const auto grad_y = contiguous_or_none(grad_y_in);
-  const auto grad_cells = contiguous_or_none(grad_cells_in);
-  const int64_t G = 4 * d.H;
+  const OptTensor w_hr = contiguous_or_none(w_hr_in);
+  const OptTensor grad_y = contiguous_or_none(grad_y_in);
+  const OptTensor grad_cells = contiguous_or_none(grad_cells_in);
+  const auto opts = x.options();
+  const int64_t N = d.seq.N, G = 4 * d.H;
 
   Tensor grad_h = state_grad_buffer(grad_h_n, h0);
   Tensor grad_c = state_grad_buffer(grad_c_n, c0);
-  Tensor grad_gates = at::empty({d.T, d.B, G}, x.options());
+  Tensor grad_gates = at::empty({N, G}, opts);
+  Tensor h_prev = at::empty({N, d.P}, opts);
+  Tensor grad_h_all, h_raw_all, grad_h_raw;
+  if (d.projected) {
+    grad_h_all = at::empty({N, d.P}, opts);
+    h_raw_all = at::empty({N, d.H}, opts);
+    grad_h_raw = at::empty({d.seq.B, d.H}, opts);
+  }
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_backward_cpu", [&] {
+    auto opt_ptr = [](const Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
     lstm_backward_loop<scalar_t>(
-        d.T, d.B, d.H, reverse, w_hh.data_ptr<scalar_t>(), gates.data_ptr<scalar_t>(),
-        cells.data_ptr<scalar_t>(), c0.data_ptr<scalar_t>(),
-        grad_y ? grad_y->data_ptr<scalar_t>() : nullptr,
-        grad_cells ? grad_cells->data_ptr<scalar_t>() : nullptr, grad_h.data_ptr<scalar_t>(),
-        grad_c.data_ptr<scalar_t>(), grad_gates.data_ptr<scalar_t>());
+        layout, reverse, d.H, d.P, w_hh.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(w_hr),
+        gates.data_ptr<scalar_t>(), cells.data_ptr<scalar_t>(), c0.data_ptr<scalar_t>(),
+        ptr_or_null<scalar_t>(grad_y), ptr_or_null<scalar_t>(grad_cells),
+        grad_h.data_ptr<scalar_t>(), grad_c.data_ptr<scalar_t>(), grad_gates.data_ptr<scalar_t>(),
+        opt_ptr(grad_h_all), opt_ptr(h_raw_all), opt_ptr(grad_h_raw));
+    gather_previous_state<scalar_t>(layout, reverse, d.P, y.data_ptr<scalar_t>(),
+                                    h0.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>());
   });
 
-  if (d.T == 0) {
-    return {need_grad_x ? at::zeros_like(x) : at::empty({0}, x.options()), at::zeros_like(w_ih),
-            at::zeros_like(w_hh), at::zeros({G}, x.options()), grad_h, grad_c};
-  }
-  const Tensor grad_gates2d = grad_gates.view({d.T * d.B, G});
-  Tensor grad_w_ih = at::mm(grad_gates2d.t(), x.view({d.T * d.B, d.I}));
-  Tensor grad_w_hh = recurrent_weight_grad(grad_gates, y, h0, d, reverse);
-  Tensor grad_bias = grad_gates2d.sum(0);
-  Tensor grad_x = need_grad_x ? at::mm(grad_gates2d, w_ih).view({d.T, d.B, d.I})
-                              : at::empty({0}, x.options());
-  return {grad_x, grad_w_ih, grad_w_hh, grad_bias, grad_h, grad_c};
+  // Every weight gradient is one GEMM over all N rows.
+  const Tensor x2d = x.view({N, d.I});
+  Tensor grad_w_ih = at::mm(grad_gates.t(), x2d);
+  Tensor grad_w_hh = at::mm(grad_gates.t(), h_prev);
+  Tensor grad_bias = grad_gates.sum(0);
+  Tensor grad_w_hr = d.projected ? at::mm(grad_h_all.t(), h_raw_all) : at::empty({0}, opts);
+  Tensor grad_x = need_grad_x ? at::mm(grad_gates, w_ih).view(x.sizes()) : at::empty({0}, opts);
+  return {grad_x, grad_w_ih, grad_w_hh, grad_bias, grad_h, grad_c, grad_w_hr};
 }
 
 }  // namespace

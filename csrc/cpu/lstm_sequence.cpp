@@ -2,6 +2,9 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+#include <cstring>
+
 #include "cpu/blas.h"
 #include "cpu/lstm_cell.h"
 
@@ -12,68 +15,112 @@ namespace {
 // elementwise work it would split.
 constexpr int64_t kElementsPerThread = 16384;
 
-int64_t rows_per_task(int64_t H) { return std::max<int64_t>(1, kElementsPerThread / H); }
-
-int64_t time_index(int64_t step, int64_t T, bool reverse) { return reverse ? T - 1 - step : step; }
+template <typename F>
+void for_rows(int64_t begin, int64_t end, int64_t H, const F& f) {
+  if (begin >= end) return;
+  at::parallel_for(begin, end, std::max<int64_t>(1, kElementsPerThread / H), f);
+}
 
 }  // namespace
 
 template <typename scalar_t>
-void lstm_forward_loop(int64_t T, int64_t B, int64_t H, bool reverse, bool save,
-                       const scalar_t* w_hh, scalar_t* gates, const scalar_t* h0,
-                       const scalar_t* c0, scalar_t* y, scalar_t* cells, scalar_t* c_state) {
+void lstm_forward_loop(const StepLayout& layout, bool reverse, bool save, int64_t H, int64_t P,
+                       const scalar_t* w_hh, const scalar_t* w_hr, scalar_t* gates, scalar_t* y,
+                       scalar_t* cells, scalar_t* h_state, scalar_t* c_state, scalar_t* h_raw) {
   const int64_t G = 4 * H;
-  const scalar_t* h_prev = h0;
-  const scalar_t* c_prev = c0;
-  for (int64_t s = 0; s < T; ++s) {
-    const int64_t t = time_index(s, T, reverse);
-    scalar_t* gates_t = gates + t * B * G;
-    scalar_t* h_t = y + t * B * H;
-    scalar_t* c_t = save ? cells + t * B * H : c_state;
+  for (int64_t s = 0; s < layout.steps(); ++s) {
+    const int64_t t = layout.time_at(s, reverse);
+    const int64_t rows = layout.rows(t), off = layout.offset(t);
+    scalar_t* gates_t = gates + off * G;
+    scalar_t* y_t = y + off * P;
     // gates_t += h_{t-1} W_hh^T
-    gemm<scalar_t>(false, true, B, G, H, scalar_t(1), h_prev, H, w_hh, H, scalar_t(1), gates_t, G);
-    at::parallel_for(0, B, rows_per_task(H), [&](int64_t begin, int64_t end) {
-      lstm_cell_forward<scalar_t>(begin, end, H, gates_t, c_prev, c_t, h_t, H, save);
+    gemm<scalar_t>(false, true, rows, G, P, scalar_t(1), h_state, P, w_hh, P, scalar_t(1), gates_t,
+                   G);
+    scalar_t* c_save = save ? cells + off * H : nullptr;
+    scalar_t* h_out = w_hr ? h_raw : y_t;
+    scalar_t* h_out2 = w_hr ? nullptr : h_state;
+    for_rows(0, rows, H, [&](int64_t begin, int64_t end) {
+      lstm_cell_forward<scalar_t>(begin, end, H, gates_t, c_state, c_save, h_out, h_out2, save);
     });
-    h_prev = h_t;
-    c_prev = c_t;
+    if (w_hr) {
+      // h_t = h_raw W_hr^T, the state the next step reads.
+      gemm<scalar_t>(false, true, rows, P, H, scalar_t(1), h_raw, H, w_hr, H, scalar_t(0), y_t, P);
+      std::memcpy(h_state, y_t, sizeof(scalar_t) * rows * P);
+    }
   }
 }
 
 template <typename scalar_t>
-void lstm_backward_loop(int64_t T, int64_t B, int64_t H, bool reverse, const scalar_t* w_hh,
-                        const scalar_t* gates, const scalar_t* cells, const scalar_t* c0,
-                        const scalar_t* grad_y, const scalar_t* grad_cells, scalar_t* grad_h,
-                        scalar_t* grad_c, scalar_t* grad_gates) {
+void lstm_backward_loop(const StepLayout& layout, bool reverse, int64_t H, int64_t P,
+                        const scalar_t* w_hh, const scalar_t* w_hr, const scalar_t* gates,
+                        const scalar_t* cells, const scalar_t* c0, const scalar_t* grad_y,
+                        const scalar_t* grad_cells, scalar_t* grad_h, scalar_t* grad_c,
+                        scalar_t* grad_gates, scalar_t* grad_h_all, scalar_t* h_raw_all,
+                        scalar_t* grad_h_raw) {
   const int64_t G = 4 * H;
-  for (int64_t s = T - 1; s >= 0; --s) {
-    const int64_t t = time_index(s, T, reverse);
-    const int64_t offset = t * B * H;
-    const scalar_t* c_prev = s > 0 ? cells + time_index(s - 1, T, reverse) * B * H : c0;
-    scalar_t* grad_gates_t = grad_gates + t * B * G;
-    at::parallel_for(0, B, rows_per_task(H), [&](int64_t begin, int64_t end) {
-      lstm_cell_backward<scalar_t>(begin, end, H, gates + t * B * G, cells + offset, c_prev,
-                                   grad_y ? grad_y + offset : nullptr, grad_h,
-                                   grad_cells ? grad_cells + offset : nullptr, grad_c,
-                                   grad_gates_t);
+  for (int64_t s = layout.steps() - 1; s >= 0; --s) {
+    const int64_t t = layout.time_at(s, reverse);
+    const int64_t rows = layout.rows(t), off = layout.offset(t);
+    const scalar_t* grad_y_t = grad_y ? grad_y + off * P : nullptr;
+    const scalar_t* grad_cells_t = grad_cells ? grad_cells + off * H : nullptr;
+    scalar_t* grad_gates_t = grad_gates + off * G;
+    const scalar_t* grad_h_in = grad_h;  // gradient reaching o * tanh(c_t)
+    scalar_t* h_raw_t = nullptr;
+    if (w_hr) {
+      // Total gradient at h_t (kept for grad W_hr), then back through the
+      // projection: grad h_raw = grad h_t W_hr.
+      scalar_t* gh = grad_h_all + off * P;
+      for (int64_t k = 0; k < rows * P; ++k) gh[k] = grad_h[k] + (grad_y_t ? grad_y_t[k] : 0);
+      gemm<scalar_t>(false, false, rows, H, P, scalar_t(1), gh, P, w_hr, H, scalar_t(0),
+                     grad_h_raw, H);
+      grad_h_in = grad_h_raw;
+      grad_y_t = nullptr;
+      h_raw_t = h_raw_all + off * H;
+    }
+    // Rows continuing from the previous visited step read their c_{t-1} from
+    // it; rows starting at t (reverse direction only) read c0.
+    const int64_t p = layout.previous(t, reverse);
+    const int64_t continuing = layout.rows_continuing(t, reverse);
+    const scalar_t* c_prev_cont = p >= 0 ? cells + layout.offset(p) * H : c0;
+    const scalar_t* gates_t = gates + off * G;
+    const scalar_t* cells_t = cells + off * H;
+    for_rows(0, rows, H, [&](int64_t begin, int64_t end) {
+      const int64_t mid = std::clamp(continuing, begin, end);
+      lstm_cell_backward<scalar_t>(begin, mid, H, gates_t, cells_t, c_prev_cont, grad_y_t,
+                                   grad_h_in, grad_cells_t, grad_c, grad_gates_t, h_raw_t);
+      lstm_cell_backward<scalar_t>(mid, end, H, gates_t, cells_t, c0, grad_y_t, grad_h_in,
+                                   grad_cells_t, grad_c, grad_gates_t, h_raw_t);
     });
-    // grad at h_{t-1} through this step: grad_gates_t W_hh. The elementwise
-    // pass above has consumed grad_h, so the product may overwrite it.
-    gemm<scalar_t>(false, false, B, H, G, scalar_t(1), grad_gates_t, G, w_hh, H, scalar_t(0),
-                   grad_h, H);
+    // Gradient at h_{t-1} through this step: grad_gates_t W_hh. The pass above
+    // has consumed grad_h's rows, so the product may overwrite them.
+    gemm<scalar_t>(false, false, rows, P, G, scalar_t(1), grad_gates_t, G, w_hh, P, scalar_t(0),
+                   grad_h, P);
   }
 }
 
-template void lstm_forward_loop<float>(int64_t, int64_t, int64_t, bool, bool, const float*, float*,
-                                       const float*, const float*, float*, float*, float*);
-template void lstm_forward_loop<double>(int64_t, int64_t, int64_t, bool, bool, const double*,
-                                        double*, const double*, const double*, double*, double*,
-                                        double*);
-template void lstm_backward_loop<float>(int64_t, int64_t, int64_t, bool, const float*, const float*,
-                                        const float*, const float*, const float*, const float*,
-                                        float*, float*, float*);
-template void lstm_backward_loop<double>(int64_t, int64_t, int64_t, bool, const double*,
-                                         const double*, const double*, const double*,
-                                         const double*, const double*, double*, double*, double*);
+template <typename scalar_t>
+void gather_previous_state(const StepLayout& layout, bool reverse, int64_t F, const scalar_t* y,
+                           const scalar_t* h0, scalar_t* h_prev) {
+  for (int64_t t = 0; t < layout.steps(); ++t) {
+    const int64_t p = layout.previous(t, reverse);
+    const int64_t continuing = layout.rows_continuing(t, reverse);
+    scalar_t* out = h_prev + layout.offset(t) * F;
+    if (continuing > 0) std::memcpy(out, y + layout.offset(p) * F, sizeof(scalar_t) * continuing * F);
+    std::memcpy(out + continuing * F, h0 + continuing * F,
+                sizeof(scalar_t) * (layout.rows(t) - continuing) * F);
+  }
+}
+
+#define LSTM_EXT_INSTANTIATE(T)                                                                  \
+  template void lstm_forward_loop<T>(const StepLayout&, bool, bool, int64_t, int64_t, const T*, \
+                                     const T*, T*, T*, T*, T*, T*, T*);                         \
+  template void lstm_backward_loop<T>(const StepLayout&, bool, int64_t, int64_t, const T*,      \
+                                      const T*, const T*, const T*, const T*, const T*,         \
+                                      const T*, T*, T*, T*, T*, T*, T*);                        \
+  template void gather_previous_state<T>(const StepLayout&, bool, int64_t, const T*, const T*,  \
+                                         T*);
+LSTM_EXT_INSTANTIATE(float)
+LSTM_EXT_INSTANTIATE(double)
+#undef LSTM_EXT_INSTANTIATE
 
 }  // namespace lstm_ext::cpu

@@ -2,40 +2,59 @@
 //
 // The input projection (x W_ih^T + b for all steps) and the weight gradients
 // are single large GEMMs done by the caller; these loops do only what must be
-// sequential: per step one recurrent GEMM and one fused elementwise pass. They
-// allocate nothing and make no dispatcher calls.
+// sequential: per step the recurrent GEMM (and the projection's, with w_hr)
+// and one fused elementwise pass. They allocate nothing and make no
+// dispatcher calls.
 //
-// Letters: T steps, B batch, H hidden. Step s of the loop visits time index
-// t = s, or t = T-1-s when reverse; outputs are stored at t.
+// Letters: N rows over all steps (T*B dense, sum(batch_sizes) packed), B the
+// widest step, H cell size, P size of h (H, or proj_size with w_hr). Rows of
+// step t are rows [layout.offset(t), +layout.rows(t)) of every [N,·] buffer,
+// and rows [0, layout.rows(t)) of every [B,·] state buffer.
 #pragma once
 
 #include <cstdint>
 
+#include "step_layout.h"
+
 namespace lstm_ext::cpu {
 
-// w_hh    [4H,H]   recurrent weights (read only).
-// gates   [T,B,4H] in: x W_ih^T + bias for every step; out: activations
-//                  i, f, g, o when save, otherwise pre-activations (garbage).
-// h0, c0  [B,H]    initial state (read only).
-// y       [T,B,H]  out: h_t.
-// cells   [T,B,H]  out: c_t when save; may be null when !save.
-// c_state [B,H]    scratch; holds c_n on return when !save.
+// w_hh    [4H,P]  recurrent weights; w_hr [P,H] projection or null (P == H).
+// gates   [N,4H]  in: x W_ih^T + bias; out: activations i, f, g, o when save,
+//                 otherwise clobbered.
+// y       [N,P]   out: h_t.
+// cells   [N,H]   out: c_t when save; null otherwise.
+// h_state [B,P]   in: h0; out: h_n (each row's state after its last step).
+// c_state [B,H]   in: c0; out: c_n.
+// h_raw   [B,H]   scratch for o * tanh(c_t) before projection; null without w_hr.
 template <typename scalar_t>
-void lstm_forward_loop(int64_t T, int64_t B, int64_t H, bool reverse, bool save,
-                       const scalar_t* w_hh, scalar_t* gates, const scalar_t* h0,
-                       const scalar_t* c0, scalar_t* y, scalar_t* cells, scalar_t* c_state);
+void lstm_forward_loop(const StepLayout& layout, bool reverse, bool save, int64_t H, int64_t P,
+                       const scalar_t* w_hh, const scalar_t* w_hr, scalar_t* gates, scalar_t* y,
+                       scalar_t* cells, scalar_t* h_state, scalar_t* c_state, scalar_t* h_raw);
 
-// w_hh       [4H,H]   recurrent weights.
-// gates      [T,B,4H] saved activations; cells [T,B,H] saved c_t.
-// c0         [B,H]    initial cell state.
-// grad_y     [T,B,H]  or null; grad_cells [T,B,H] or null.
-// grad_h     [B,H]    in: gradient at h_n; out: gradient at h0.
-// grad_c     [B,H]    in: gradient at c_n; out: gradient at c0.
-// grad_gates [T,B,4H] out: gradients of the gate pre-activations.
+// w_hh, w_hr  as in forward.
+// gates       [N,4H] saved activations; cells [N,H] saved c_t; c0 [B,H].
+// grad_y      [N,P] or null; grad_cells [N,H] or null.
+// grad_h      [B,P]  in: gradient at h_n (zeros if none); out: at h0.
+// grad_c      [B,H]  in: gradient at c_n; out: at c0.
+// grad_gates  [N,4H] out: gradients of the gate pre-activations.
+// With w_hr only (null otherwise):
+//   grad_h_all [N,P] out: the total gradient at each h_t.
+//   h_raw_all  [N,H] out: o * tanh(c_t), recomputed.
+//   grad_h_raw [B,H] scratch.
 template <typename scalar_t>
-void lstm_backward_loop(int64_t T, int64_t B, int64_t H, bool reverse, const scalar_t* w_hh,
-                        const scalar_t* gates, const scalar_t* cells, const scalar_t* c0,
-                        const scalar_t* grad_y, const scalar_t* grad_cells, scalar_t* grad_h,
-                        scalar_t* grad_c, scalar_t* grad_gates);
+void lstm_backward_loop(const StepLayout& layout, bool reverse, int64_t H, int64_t P,
+                        const scalar_t* w_hh, const scalar_t* w_hr, const scalar_t* gates,
+                        const scalar_t* cells, const scalar_t* c0, const scalar_t* grad_y,
+                        const scalar_t* grad_cells, scalar_t* grad_h, scalar_t* grad_c,
+                        scalar_t* grad_gates, scalar_t* grad_h_all, scalar_t* h_raw_all,
+                        scalar_t* grad_h_raw);
+
+// h_prev [N,F] out: for each row of step t, the state that row started step t
+// from: its row of y [N,F] at the previously visited step, or of h0 [B,F]
+// for rows that start at t. Feeds the one GEMM for the recurrent weight
+// gradient.
+template <typename scalar_t>
+void gather_previous_state(const StepLayout& layout, bool reverse, int64_t F, const scalar_t* y,
+                           const scalar_t* h0, scalar_t* h_prev);
 
 }  // namespace lstm_ext::cpu

@@ -1,0 +1,113 @@
+// CPU binding of the vanilla RNN ops: tensors in, raw pointers to the time
+// loops (rnn_sequence.cpp), tensors out.
+//
+// The GEMMs that cover every row at once (the input projection in forward;
+// the weight and input gradients in backward) go through ATen here;
+// everything sequential happens in rnn_sequence.cpp.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include "cpu/rnn_sequence.h"
+#include "rnn_checks.h"
+#include "step_layout.h"
+
+namespace lstm_ext::cpu {
+namespace {
+
+using at::Tensor;
+
+// The rows of every step: dense T steps of B rows, or packed by batch_sizes
+// (already validated: int64, CPU, positive, non-increasing).
+StepLayout step_layout(const SequenceDims& s, const std::optional<Tensor>& batch_sizes) {
+  if (!s.packed) return StepLayout(s.T, s.B);
+  const Tensor bs = batch_sizes->contiguous();
+  return StepLayout(bs.data_ptr<int64_t>(), s.T);
+}
+
+std::optional<Tensor> contiguous_or_none(const std::optional<Tensor>& t) {
+  if (!t.has_value() || !t->defined()) return std::nullopt;
+  return t->contiguous();
+}
+
+std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& x_in, const Tensor& w_ih_in,
+                                           const Tensor& w_hh_in,
+                                           const std::optional<Tensor>& bias, const Tensor& h0,
+                                           bool reverse, bool relu,
+                                           const std::optional<Tensor>& batch_sizes) {
+  const RnnDims d = check_rnn_forward_args(x_in, w_ih_in, w_hh_in, bias, h0, batch_sizes);
+  const SequenceDims& s = d.seq;
+  const Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const StepLayout L = step_layout(s, batch_sizes);
+
+  // y starts as x W_ih^T + bias for all N rows (one GEMM); the time loop adds
+  // the recurrent product and applies the activation in place.
+  Tensor y = at::empty(s.shape(d.H), x.options());
+  Tensor y2d = y.view({s.N, d.H});
+  const Tensor x2d = x.view({s.N, d.I});
+  if (bias.has_value() && bias->defined()) {
+    at::addmm_out(y2d, *bias, x2d, w_ih.t());
+  } else {
+    at::mm_out(y2d, x2d, w_ih.t());
+  }
+  Tensor h_state = h0.clone(at::MemoryFormat::Contiguous);
+
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnn_forward_cpu", [&] {
+    rnn_forward_loop<scalar_t>(L, d.H, reverse, relu, w_hh.data_ptr<scalar_t>(),
+                               y.data_ptr<scalar_t>(), h_state.data_ptr<scalar_t>());
+  });
+  return {y, h_state};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
+    const std::optional<Tensor>& grad_y_in, const std::optional<Tensor>& grad_h_n,
+    const Tensor& x_in, const Tensor& w_ih_in, const Tensor& w_hh_in, const Tensor& h0_in,
+    const Tensor& y_in, bool reverse, bool relu, bool need_grad_x,
+    const std::optional<Tensor>& batch_sizes) {
+  const RnnDims d =
+      check_rnn_backward_args(grad_y_in, grad_h_n, x_in, w_ih_in, w_hh_in, h0_in, y_in,
+                              batch_sizes);
+  const SequenceDims& s = d.seq;
+  const Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const Tensor h0 = h0_in.contiguous(), y = y_in.contiguous();
+  const auto grad_y = contiguous_or_none(grad_y_in);
+  const StepLayout L = step_layout(s, batch_sizes);
+  const auto opts = x.options();
+
+  // Gradient at the carried state: starts as grad_h_n (zero when absent),
+  // ends as grad_h0.
+  Tensor grad_h = at::empty({s.B, d.H}, opts);
+  if (grad_h_n.has_value() && grad_h_n->defined()) {
+    grad_h.copy_(*grad_h_n);
+  } else {
+    grad_h.zero_();
+  }
+  Tensor d_pre = at::empty({s.N, d.H}, opts);
+  Tensor h_prev = at::empty({s.N, d.H}, opts);
+
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnn_backward_cpu", [&] {
+    rnn_backward_loop<scalar_t>(L, d.H, reverse, relu, w_hh.data_ptr<scalar_t>(),
+                                y.data_ptr<scalar_t>(),
+                                grad_y ? grad_y->data_ptr<scalar_t>() : nullptr,
+                                grad_h.data_ptr<scalar_t>(), d_pre.data_ptr<scalar_t>());
+    rnn_gather_h_prev<scalar_t>(L, d.H, reverse, y.data_ptr<scalar_t>(),
+                                h0.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>());
+  });
+
+  // One GEMM each over all N rows (zeros when N == 0).
+  const Tensor d_pre_t = d_pre.t();
+  Tensor grad_w_ih = at::mm(d_pre_t, x.view({s.N, d.I}));
+  Tensor grad_w_hh = at::mm(d_pre_t, h_prev);
+  Tensor grad_bias = d_pre.sum(0);
+  Tensor grad_x = need_grad_x ? at::mm(d_pre, w_ih).view(s.shape(d.I)) : at::empty({0}, opts);
+  return {grad_x, grad_w_ih, grad_w_hh, grad_bias, grad_h};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(lstm_ext, CPU, m) {
+  m.impl("rnn_forward", &rnn_forward_cpu);
+  m.impl("rnn_backward", &rnn_backward_cpu);
+}
+
+}  // namespace lstm_ext::cpu

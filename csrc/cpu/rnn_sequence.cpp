@@ -1,0 +1,111 @@
+#include "cpu/rnn_sequence.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "cpu/blas.h"
+#include "cpu/rnn_cell.h"
+
+namespace lstm_ext::cpu {
+namespace {
+
+// Below this many elements per thread, forking costs more than the
+// elementwise work it would split.
+constexpr int64_t kElementsPerThread = 16384;
+
+int64_t rows_per_task(int64_t H) { return std::max<int64_t>(1, kElementsPerThread / H); }
+
+template <typename scalar_t, bool Relu>
+void forward_loop(const StepLayout& L, int64_t H, bool reverse, const scalar_t* w_hh,
+                  scalar_t* y, scalar_t* h_state) {
+  const int64_t grain = rows_per_task(H);
+  for (int64_t s = 0; s < L.steps(); ++s) {
+    const int64_t t = L.time_at(s, reverse);
+    const int64_t rows = L.rows(t);
+    scalar_t* y_t = y + L.offset(t) * H;
+    // y_t += h_{t-1} W_hh^T for the live rows.
+    gemm<scalar_t>(false, true, rows, H, H, scalar_t(1), h_state, H, w_hh, H, scalar_t(1), y_t,
+                   H);
+    at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+      rnn_cell_forward<scalar_t, Relu>(begin, end, H, y_t, h_state);
+    });
+  }
+}
+
+template <typename scalar_t, bool Relu>
+void backward_loop(const StepLayout& L, int64_t H, bool reverse, const scalar_t* w_hh,
+                   const scalar_t* y, const scalar_t* grad_y, scalar_t* grad_h,
+                   scalar_t* d_pre) {
+  const int64_t grain = rows_per_task(H);
+  for (int64_t s = L.steps() - 1; s >= 0; --s) {
+    const int64_t t = L.time_at(s, reverse);
+    const int64_t rows = L.rows(t);
+    const int64_t off = L.offset(t) * H;
+    scalar_t* d_pre_t = d_pre + off;
+    at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+      rnn_cell_backward<scalar_t, Relu>(begin, end, H, y + off, grad_y ? grad_y + off : nullptr,
+                                        grad_h, d_pre_t);
+    });
+    // Gradient at h_{t-1} (or h0) through this step: d_pre_t W_hh. The pass
+    // above has consumed grad_h's live rows, so the product may overwrite them.
+    gemm<scalar_t>(false, false, rows, H, H, scalar_t(1), d_pre_t, H, w_hh, H, scalar_t(0), grad_h,
+                   H);
+  }
+}
+
+}  // namespace
+
+template <typename scalar_t>
+void rnn_forward_loop(const StepLayout& L, int64_t H, bool reverse, bool relu,
+                      const scalar_t* w_hh, scalar_t* y, scalar_t* h_state) {
+  if (relu) {
+    forward_loop<scalar_t, true>(L, H, reverse, w_hh, y, h_state);
+  } else {
+    forward_loop<scalar_t, false>(L, H, reverse, w_hh, y, h_state);
+  }
+}
+
+template <typename scalar_t>
+void rnn_backward_loop(const StepLayout& L, int64_t H, bool reverse, bool relu,
+                       const scalar_t* w_hh, const scalar_t* y, const scalar_t* grad_y,
+                       scalar_t* grad_h, scalar_t* d_pre) {
+  if (relu) {
+    backward_loop<scalar_t, true>(L, H, reverse, w_hh, y, grad_y, grad_h, d_pre);
+  } else {
+    backward_loop<scalar_t, false>(L, H, reverse, w_hh, y, grad_y, grad_h, d_pre);
+  }
+}
+
+template <typename scalar_t>
+void rnn_gather_h_prev(const StepLayout& L, int64_t H, bool reverse, const scalar_t* y,
+                       const scalar_t* h0, scalar_t* h_prev) {
+  for (int64_t t = 0; t < L.steps(); ++t) {
+    const int64_t rows = L.rows(t);
+    const int64_t cont = L.rows_continuing(t, reverse);
+    scalar_t* dst = h_prev + L.offset(t) * H;
+    if (cont > 0) {
+      const int64_t p = L.previous(t, reverse);
+      std::memcpy(dst, y + L.offset(p) * H, sizeof(scalar_t) * cont * H);
+    }
+    if (rows > cont) {
+      std::memcpy(dst + cont * H, h0 + cont * H, sizeof(scalar_t) * (rows - cont) * H);
+    }
+  }
+}
+
+template void rnn_forward_loop<float>(const StepLayout&, int64_t, bool, bool, const float*,
+                                      float*, float*);
+template void rnn_forward_loop<double>(const StepLayout&, int64_t, bool, bool, const double*,
+                                       double*, double*);
+template void rnn_backward_loop<float>(const StepLayout&, int64_t, bool, bool, const float*,
+                                       const float*, const float*, float*, float*);
+template void rnn_backward_loop<double>(const StepLayout&, int64_t, bool, bool, const double*,
+                                        const double*, const double*, double*, double*);
+template void rnn_gather_h_prev<float>(const StepLayout&, int64_t, bool, const float*,
+                                       const float*, float*);
+template void rnn_gather_h_prev<double>(const StepLayout&, int64_t, bool, const double*,
+                                        const double*, double*);
+
+}  // namespace lstm_ext::cpu

@@ -1,0 +1,50 @@
+// The time loops of one vanilla RNN layer-direction on the CPU, on raw
+// pointers.
+//
+// The input projection (x W_ih^T + bias for all rows) and the weight
+// gradients are single large GEMMs done by the caller (rnn_cpu.cpp); these
+// loops do only what must be sequential: per step one recurrent GEMM and one
+// fused elementwise pass. They allocate nothing and make no dispatcher calls.
+//
+// Letters: T steps, B batch (rows of the widest step), N rows over all steps
+// (T*B when dense), H hidden units. Steps and their rows come from a
+// StepLayout (dense or packed); step t's live rows are the first rows(t) of
+// the batch. Visiting order is t = 0 .. T-1, or T-1 .. 0 when reverse;
+// outputs are stored at t.
+#pragma once
+
+#include <cstdint>
+
+#include "step_layout.h"
+
+namespace lstm_ext::cpu {
+
+// w_hh    [H,H]  recurrent weights (read only).
+// y       [N,H]  in: x W_ih^T + bias for every row; out: h_t.
+// h_state [B,H]  in: h0; out: h_n, every sequence's state at its own last
+//                visited step. Step t reads and writes only rows [0, rows(t)),
+//                so in reverse a sequence that starts later starts from h0.
+template <typename scalar_t>
+void rnn_forward_loop(const StepLayout& L, int64_t H, bool reverse, bool relu,
+                      const scalar_t* w_hh, scalar_t* y, scalar_t* h_state);
+
+// Visits the steps in the opposite order to the forward.
+// w_hh    [H,H]  recurrent weights.
+// y       [N,H]  the forward's output.
+// grad_y  [N,H]  gradient of y, or null (zero).
+// grad_h  [B,H]  in: gradient at h_n; out: gradient at h0.
+// d_pre   [N,H]  out: gradients of the pre-activations.
+template <typename scalar_t>
+void rnn_backward_loop(const StepLayout& L, int64_t H, bool reverse, bool relu,
+                       const scalar_t* w_hh, const scalar_t* y, const scalar_t* grad_y,
+                       scalar_t* grad_h, scalar_t* d_pre);
+
+// h_prev [N,H] out: for step t's row r, the h_{t-1} that step read:
+// y[offset(p) + r] with p = L.previous(t, reverse) for r < rows_continuing(t),
+// else h0[r]. Lets grad W_hh = d_pre^T h_prev be one GEMM.
+// y [N,H], h0 [B,H].
+template <typename scalar_t>
+void rnn_gather_h_prev(const StepLayout& L, int64_t H, bool reverse, const scalar_t* y,
+                       const scalar_t* h0, scalar_t* h_prev);
+
+}  // namespace lstm_ext::cpu

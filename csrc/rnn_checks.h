@@ -1,0 +1,40 @@
+// Argument validation for the vanilla RNN ops (rnn_forward, rnn_backward),
+// built from the lstm_ext::check blocks in checks.h.
+//
+// Every check runs before any kernel and names the argument, what was
+// expected and what came: "rnn_forward: w_ih: expected shape [H, I] =
+// [8, 5], got [8, 4]".
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+
+#include "checks.h"
+
+namespace lstm_ext {
+
+// The sizes of one RNN layer-direction call, read off validated arguments.
+struct RnnDims {
+  SequenceDims seq;
+  int64_t I;  // input features
+  int64_t H;  // hidden units (= size of h)
+};
+
+// Validates rnn_forward's arguments: x [T,B,I] (or packed [N,I] with
+// batch_sizes), w_ih [H,I], w_hh [H,H], bias [H] or None, h0 [B,H]; one
+// floating dtype and one device for all tensors.
+RnnDims check_rnn_forward_args(const at::Tensor& x, const at::Tensor& w_ih,
+                               const at::Tensor& w_hh, const std::optional<at::Tensor>& bias,
+                               const at::Tensor& h0,
+                               const std::optional<at::Tensor>& batch_sizes);
+
+// Validates rnn_backward's arguments: the forward's, its output y ([T,B,H] or
+// [N,H]), and the optional output gradients grad_y (like y) and grad_h_n [B,H].
+RnnDims check_rnn_backward_args(const std::optional<at::Tensor>& grad_y,
+                                const std::optional<at::Tensor>& grad_h_n, const at::Tensor& x,
+                                const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                const at::Tensor& h0, const at::Tensor& y,
+                                const std::optional<at::Tensor>& batch_sizes);
+
+}  // namespace lstm_ext

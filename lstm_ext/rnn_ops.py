@@ -1,0 +1,139 @@
+"""Typed wrapper over ``torch.ops.lstm_ext.rnn_forward`` / ``rnn_backward``
+(the vanilla RNN: ``h_t = act(x_t W_ih^T + bias + h_{t-1} W_hh^T)``), their
+fake kernels and autograd.
+
+Data flows one way: modules -> this wrapper -> the dispatcher -> a backend
+kernel. The fake kernels give shapes only, so ``torch.compile`` and
+``torch.library.opcheck`` can trace the ops without running them.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import _C  # noqa: F401  (loads the library that registers the ops)
+
+__all__ = ["rnn_layer"]
+
+_forward_op = torch.ops.lstm_ext.rnn_forward.default
+_backward_op = torch.ops.lstm_ext.rnn_backward.default
+
+
+def rnn_layer(
+    x: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    bias: Optional[Tensor],
+    h0: Tensor,
+    reverse: bool = False,
+    relu: bool = False,
+    batch_sizes: Optional[Tensor] = None,
+) -> Tuple[Tensor, Tensor]:
+    """One vanilla RNN layer in one direction over a whole sequence.
+
+    ``h_t = act(x_t @ w_ih.T + bias + h_{t-1} @ w_hh.T)`` with act = relu if
+    ``relu`` else tanh. Shapes: ``x [T,B,I]``, ``w_ih [H,I]``, ``w_hh [H,H]``,
+    ``bias [H]`` (``b_ih + b_hh``) or None, ``h0 [B,H]``. Returns
+    ``y [T,B,H]`` and ``h_n [B,H]``.
+
+    With ``batch_sizes`` (int64 [T] on the CPU, non-increasing, as in
+    ``PackedSequence``), ``x`` is packed data ``[N,I]`` and ``y`` is ``[N,H]``
+    packed the same way; ``h_n`` holds each sequence's state at its own last
+    step (its first step when ``reverse``). ``reverse=True`` runs from the
+    last step to the first; ``y[t]`` stays aligned with ``x[t]``.
+    Differentiable in every tensor argument (first order only).
+    """
+    return _forward_op(x, w_ih, w_hh, bias, h0, reverse, relu, batch_sizes)
+
+
+def _check_like_x(op: str, x: Tensor, **tensors: Optional[Tensor]) -> None:
+    """The device and dtype checks the real kernels make, for the fake ones.
+
+    A call that mixes devices (say one argument on "meta") dispatches to the
+    fake kernel, which must refuse it as the real kernel would instead of
+    returning uninitialised memory.
+    """
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if t.device != x.device:
+            raise RuntimeError(f"{op}: {name}: expected device {x.device} (the device of x), got {t.device}")
+        if t.dtype != x.dtype:
+            raise RuntimeError(f"{op}: {name}: expected dtype {x.dtype} (the dtype of x), got {t.dtype}")
+
+
+# The real kernels return fresh contiguous tensors whatever the inputs'
+# strides, so the fakes use new_empty(shape), never empty_like. B comes from
+# h0, not batch_sizes, whose values a fake tensor does not have.
+
+@torch.library.register_fake("lstm_ext::rnn_forward")
+def _rnn_forward_fake(x, w_ih, w_hh, bias, h0, reverse, relu, batch_sizes=None):
+    _check_like_x("rnn_forward", x, w_ih=w_ih, w_hh=w_hh, bias=bias, h0=h0)
+    H = w_hh.shape[0]
+    return x.new_empty((*x.shape[:-1], H)), x.new_empty((h0.shape[0], H))
+
+
+@torch.library.register_fake("lstm_ext::rnn_backward")
+def _rnn_backward_fake(grad_y, grad_h_n, x, w_ih, w_hh, h0, y, reverse, relu, need_grad_x,
+                       batch_sizes=None):
+    _check_like_x("rnn_backward", x, grad_y=grad_y, grad_h_n=grad_h_n, w_ih=w_ih, w_hh=w_hh,
+                  h0=h0, y=y)
+    grad_x = x.new_empty(x.shape) if need_grad_x else x.new_empty((0,))
+    return (
+        grad_x,
+        w_ih.new_empty(w_ih.shape),
+        w_hh.new_empty(w_hh.shape),
+        w_hh.new_empty((w_hh.shape[0],)),
+        h0.new_empty(h0.shape),
+    )
+
+
+def _setup_context(ctx, inputs, output):
+    x, w_ih, w_hh, bias, h0, reverse, relu, batch_sizes = inputs
+    y, _ = output
+    ctx.reverse = reverse
+    ctx.relu = relu
+    ctx.has_bias = bias is not None
+    # Absent output gradients stay None, and the kernel reads None as zero,
+    # instead of autograd materialising tensors of zeros.
+    ctx.set_materialize_grads(False)
+    # The backward needs only the output y (act' is read off it).
+    ctx.save_for_backward(x, w_ih, w_hh, h0, y, batch_sizes)
+
+
+def _rnn_forward_backward(ctx, grad_y, grad_h_n):
+    x, w_ih, w_hh, h0, y, batch_sizes = ctx.saved_tensors
+    needs = ctx.needs_input_grad
+    grad_x, grad_w_ih, grad_w_hh, grad_bias, grad_h0 = _backward_op(
+        grad_y, grad_h_n, x, w_ih, w_hh, h0, y, ctx.reverse, ctx.relu, needs[0], batch_sizes
+    )
+    return (
+        grad_x if needs[0] else None,
+        grad_w_ih if needs[1] else None,
+        grad_w_hh if needs[2] else None,
+        grad_bias if ctx.has_bias and needs[3] else None,
+        grad_h0 if needs[4] else None,
+        None,
+        None,
+        None,
+    )
+
+
+torch.library.register_autograd("lstm_ext::rnn_forward", _rnn_forward_backward, setup_context=_setup_context)
+
+
+def _refuse_double_backward(ctx, *grads):
+    raise RuntimeError(
+        "lstm_ext: double backward (differentiating the gradients of lstm_ext's RNN, e.g. "
+        "with create_graph=True) is not supported yet. First-order gradients are unaffected."
+    )
+
+
+# create_graph=True runs the backward op under grad mode; its outputs then
+# carry this node, so a second-order gradient fails loudly instead of
+# silently coming back as None.
+torch.library.register_autograd(
+    "lstm_ext::rnn_backward", _refuse_double_backward, setup_context=lambda ctx, inputs, output: None
+)
