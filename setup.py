@@ -60,7 +60,11 @@ def _cpu_isa_flags() -> list:
 
 
 def _extension():
-    sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+    sources = sorted(
+        glob.glob(os.path.join("csrc", "*.cpp"))
+        + glob.glob(os.path.join("csrc", "cpu", "*.cpp"))
+        + glob.glob(os.path.join("csrc", "composite", "*.cpp"))
+    )
     sources.append(os.path.join("csrc", "python", "module.cpp"))
     cxx_flags = ["-O3", "-std=c++20", "-fvisibility=hidden", "-Wall", "-Wno-unused-parameter"] + _cpu_isa_flags()
     sanitize = os.environ.get("LSTM_EXT_SANITIZE", "")

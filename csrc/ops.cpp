@@ -46,6 +46,16 @@ TORCH_LIBRARY(lstm_ext, m) {
       "(Tensor grad_x, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_bias, Tensor grad_h0, "
       "Tensor grad_c0, Tensor grad_w_hr)");
 
+  // The same function as lstm_forward (y, h_n, c_n, cells), written as a
+  // composite of differentiable ATen ops: a C++ loop over the steps that
+  // autograd records. Slow, and used for one thing only: double backward,
+  // where the first-order gradients must themselves be differentiable. The
+  // fused ops serve every other call.
+  m.def(
+      "lstm_forward_composite(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? bias, Tensor h0, "
+      "Tensor c0, bool reverse, Tensor? batch_sizes=None, Tensor? w_hr=None) -> "
+      "(Tensor y, Tensor h_n, Tensor c_n, Tensor cells)");
+
   // ----------------------------------------------------------------- RNN
   // h_t = act(x_t w_ih^T + bias + h_{t-1} w_hh^T), act = relu if relu else
   // tanh. x [T,B,I] (or packed [N,I] with batch_sizes, as for the LSTM),

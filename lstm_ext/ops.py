@@ -17,6 +17,7 @@ __all__ = ["lstm_layer", "SUPPORTED_DEVICE_TYPES"]
 
 _forward_op = torch.ops.lstm_ext.lstm_forward.default
 _backward_op = torch.ops.lstm_ext.lstm_backward.default
+_composite_op = torch.ops.lstm_ext.lstm_forward_composite.default
 
 # Device types this build has kernels for ("meta" runs the fake kernels).
 # Read once at import, so the modules can give a clear error for, say, a CUDA
@@ -133,17 +134,20 @@ def _setup_context(ctx, inputs, output):
     # Absent output gradients stay None, and the kernel reads None as zero,
     # instead of autograd materialising [T,B,H] tensors of zeros.
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(x, w_ih, w_hh, h0, c0, y, gates, cells, w_hr)
+    ctx.save_for_backward(x, w_ih, w_hh, h0, c0, y, gates, cells, w_hr, bias)
 
 
 def _lstm_forward_backward(ctx, grad_y, grad_h_n, grad_c_n, _grad_gates, grad_cells):
+    if torch.is_grad_enabled():
+        # create_graph=True: the gradients must be differentiable themselves.
+        return _differentiable_backward(ctx, (grad_y, grad_h_n, grad_c_n, grad_cells))
     if not ctx.saved:
         raise RuntimeError(
             "lstm_ext::lstm_forward was called with save_for_backward=False, so it kept no "
             "activations to differentiate. Call it with save_for_backward=True when gradients "
             "are needed (lstm_ext.ops.lstm_layer decides this automatically)."
         )
-    x, w_ih, w_hh, h0, c0, y, gates, cells, w_hr = ctx.saved_tensors
+    x, w_ih, w_hh, h0, c0, y, gates, cells, w_hr, _ = ctx.saved_tensors
     needs = ctx.needs_input_grad
     grads = _backward_op(
         grad_y, grad_h_n, grad_c_n, grad_cells, x, w_ih, w_hh, h0, c0, y, gates, cells,
@@ -164,19 +168,45 @@ def _lstm_forward_backward(ctx, grad_y, grad_h_n, grad_c_n, _grad_gates, grad_ce
     )
 
 
+def _differentiable_backward(ctx, output_grads):
+    """First-order gradients that autograd can differentiate again.
+
+    The fused backward kernel is opaque to autograd, so for double backward
+    the layer is recomputed with lstm_forward_composite (the same function as
+    differentiable ATen ops, looped over the steps in C++) and differentiated
+    with create_graph=True. Only create_graph=True takes this slower path.
+    """
+    x, w_ih, w_hh, h0, c0, _, _, _, w_hr, bias = ctx.saved_tensors
+    inputs = (x, w_ih, w_hh, bias, h0, c0, None, None, None, w_hr)
+    wanted = [i for i, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[i]]
+    result = [None] * len(inputs)
+    with torch.enable_grad():
+        outputs = _composite_op(x, w_ih, w_hh, bias, h0, c0, ctx.reverse, ctx.batch_sizes, w_hr)
+        pairs = [(o, g) for o, g in zip((outputs[0], outputs[1], outputs[2], outputs[3]), output_grads) if g is not None]
+        if not pairs or not wanted:
+            return tuple(result)
+        grads = torch.autograd.grad(
+            [o for o, _ in pairs], [inputs[i] for i in wanted], [g for _, g in pairs],
+            create_graph=True, allow_unused=True,
+        )
+    for i, g in zip(wanted, grads):
+        result[i] = g if g is not None else torch.zeros_like(inputs[i])
+    return tuple(result)
+
+
 torch.library.register_autograd("lstm_ext::lstm_forward", _lstm_forward_backward, setup_context=_setup_context)
 
 
 def _refuse_double_backward(ctx, *grads):
     raise RuntimeError(
-        "lstm_ext: double backward (differentiating the gradients of lstm_ext.LSTM, e.g. "
-        "with create_graph=True) is not supported yet. First-order gradients are unaffected."
+        "lstm_ext::lstm_backward is not differentiable. For second-order gradients, "
+        "differentiate lstm_forward (e.g. through lstm_ext.ops.lstm_layer or lstm_ext.LSTM) "
+        "with create_graph=True, which takes a differentiable path."
     )
 
 
-# create_graph=True runs the backward op under grad mode; its outputs then
-# carry this node, so a second-order gradient fails loudly instead of
-# silently coming back as None.
+# Direct callers of the backward op under grad mode get a loud error instead
+# of gradients that silently come back as None.
 torch.library.register_autograd(
     "lstm_ext::lstm_backward", _refuse_double_backward, setup_context=lambda ctx, inputs, output: None
 )
