@@ -80,6 +80,12 @@ SequenceDims sequence(const at::Tensor& x, const std::optional<at::Tensor>& batc
 
 }  // namespace check
 
+StepLayout make_step_layout(const SequenceDims& seq, const std::optional<at::Tensor>& batch_sizes) {
+  if (!seq.packed) return StepLayout(seq.T, seq.B);
+  const at::Tensor bs = batch_sizes->contiguous();
+  return StepLayout(bs.data_ptr<int64_t>(), seq.T);
+}
+
 LstmDims check_lstm_forward_args(const at::Tensor& x, const at::Tensor& w_ih,
                                  const at::Tensor& w_hh, const std::optional<at::Tensor>& bias,
                                  const at::Tensor& h0, const at::Tensor& c0,

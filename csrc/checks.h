@@ -12,6 +12,8 @@
 #include <string>
 #include <vector>
 
+#include "step_layout.h"
+
 namespace lstm_ext {
 
 // The time layout of a sequence argument: dense x [T,B,F], or packed x [N,F]
@@ -40,6 +42,10 @@ struct LstmDims {
   int64_t P;  // size of h: proj_size with a projection, else H
   bool projected;
 };
+
+// The rows of every step of a validated sequence: dense T steps of B rows, or
+// packed by batch_sizes.
+StepLayout make_step_layout(const SequenceDims& seq, const std::optional<at::Tensor>& batch_sizes);
 
 // Validates lstm_forward's arguments: ranks, shapes, batch_sizes, one
 // floating dtype and one device for all tensors.

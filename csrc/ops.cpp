@@ -65,6 +65,12 @@ TORCH_LIBRARY(lstm_ext, m) {
       "rnn_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? bias, Tensor h0, bool reverse, "
       "bool relu, Tensor? batch_sizes=None) -> (Tensor y, Tensor h_n)");
 
+  // rnn_forward as differentiable ATen ops, for double backward only (see
+  // lstm_forward_composite).
+  m.def(
+      "rnn_forward_composite(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? bias, Tensor h0, "
+      "bool reverse, bool relu, Tensor? batch_sizes=None) -> (Tensor y, Tensor h_n)");
+
   // Gradients of one rnn_forward call given its inputs and its output y.
   // Returns grad_x (empty [0] when need_grad_x is false), grad_w_ih [H,I],
   // grad_w_hh [H,H], grad_bias [H], grad_h0 [B,H].

@@ -433,10 +433,6 @@ class RNN(_RecurrentBase):
             bias, batch_first, dropout, bidirectional, 0, device, dtype,
         )
 
-    def extra_repr(self) -> str:
-        s = super().extra_repr()
-        return s if self.nonlinearity == "tanh" else s + ", nonlinearity={}".format(self.nonlinearity)
-
     def _state_sizes(self) -> Tuple[int, ...]:
         return (self.hidden_size,)
 

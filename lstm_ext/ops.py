@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from . import _C  # noqa: F401  (loads the library that registers the ops)
+from ._autograd import check_like_x, differentiable_grads, needs_grad
 
 __all__ = ["lstm_layer", "SUPPORTED_DEVICE_TYPES"]
 
@@ -52,50 +53,29 @@ def lstm_layer(
     runs from the last step to the first; ``y[t]`` stays aligned with
     ``x[t]``. Differentiable in every tensor argument, ``cells`` included.
     """
-    save = return_cells or _needs_grad(x, w_ih, w_hh, bias, h0, c0, w_hr)
+    save = return_cells or needs_grad(x, w_ih, w_hh, bias, h0, c0, w_hr)
     y, h_n, c_n, _, cells = _forward_op(x, w_ih, w_hh, bias, h0, c0, reverse, save, batch_sizes, w_hr)
     if return_cells:
         return y, h_n, c_n, cells
     return y, h_n, c_n
 
 
-def _needs_grad(*tensors: Optional[Tensor]) -> bool:
-    """Whether autograd will need the activations the forward can save."""
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-
-
-def _check_like_x(op: str, x: Tensor, **tensors: Optional[Tensor]) -> None:
-    """The device and dtype checks the real kernels make, for the fake ones.
-
-    A call that mixes devices (say one argument on "meta") dispatches to the
-    fake kernel, which must refuse it as the real kernel would instead of
-    returning uninitialised memory.
-    """
-    for name, t in tensors.items():
-        if t is None:
-            continue
-        if t.device != x.device:
-            raise RuntimeError(f"{op}: {name}: expected device {x.device} (the device of x), got {t.device}")
-        if t.dtype != x.dtype:
-            raise RuntimeError(f"{op}: {name}: expected dtype {x.dtype} (the dtype of x), got {t.dtype}")
-
-
-def _sequence_shape(x: Tensor, batch_sizes: Optional[Tensor], features: int):
+def _sequence_shape(x: Tensor, features: int):
     """[T,B,F] for a dense x [T,B,I]; [N,F] for a packed x [N,I]."""
     return (*x.shape[:-1], features)
 
 
 @torch.library.register_fake("lstm_ext::lstm_forward")
 def _lstm_forward_fake(x, w_ih, w_hh, bias, h0, c0, reverse, save_for_backward, batch_sizes=None, w_hr=None):
-    _check_like_x("lstm_forward", x, w_ih=w_ih, w_hh=w_hh, bias=bias, h0=h0, c0=c0, w_hr=w_hr)
+    check_like_x("lstm_forward", x, w_ih=w_ih, w_hh=w_hh, bias=bias, h0=h0, c0=c0, w_hr=w_hr)
     H = w_hh.shape[0] // 4
     P = w_hh.shape[1]
-    y = x.new_empty(_sequence_shape(x, batch_sizes, P))
+    y = x.new_empty(_sequence_shape(x, P))
     h_n = x.new_empty(h0.shape)
     c_n = x.new_empty(c0.shape)
     if save_for_backward:
-        gates = x.new_empty(_sequence_shape(x, batch_sizes, 4 * H))
-        cells = x.new_empty(_sequence_shape(x, batch_sizes, H))
+        gates = x.new_empty(_sequence_shape(x, 4 * H))
+        cells = x.new_empty(_sequence_shape(x, H))
         return y, h_n, c_n, gates, cells
     return y, h_n, c_n, x.new_empty((0,)), x.new_empty((0,))
 
@@ -105,7 +85,7 @@ def _lstm_backward_fake(
     grad_y, grad_h_n, grad_c_n, grad_cells, x, w_ih, w_hh, h0, c0, y, gates, cells, reverse, need_grad_x,
     batch_sizes=None, w_hr=None,
 ):
-    _check_like_x(
+    check_like_x(
         "lstm_backward", x, grad_y=grad_y, grad_h_n=grad_h_n, grad_c_n=grad_c_n, grad_cells=grad_cells,
         w_ih=w_ih, w_hh=w_hh, h0=h0, c0=c0, y=y, gates=gates, cells=cells, w_hr=w_hr,
     )
@@ -169,29 +149,13 @@ def _lstm_forward_backward(ctx, grad_y, grad_h_n, grad_c_n, _grad_gates, grad_ce
 
 
 def _differentiable_backward(ctx, output_grads):
-    """First-order gradients that autograd can differentiate again.
-
-    The fused backward kernel is opaque to autograd, so for double backward
-    the layer is recomputed with lstm_forward_composite (the same function as
-    differentiable ATen ops, looped over the steps in C++) and differentiated
-    with create_graph=True. Only create_graph=True takes this slower path.
-    """
     x, w_ih, w_hh, h0, c0, _, _, _, w_hr, bias = ctx.saved_tensors
-    inputs = (x, w_ih, w_hh, bias, h0, c0, None, None, None, w_hr)
-    wanted = [i for i, t in enumerate(inputs) if t is not None and ctx.needs_input_grad[i]]
-    result = [None] * len(inputs)
-    with torch.enable_grad():
-        outputs = _composite_op(x, w_ih, w_hh, bias, h0, c0, ctx.reverse, ctx.batch_sizes, w_hr)
-        pairs = [(o, g) for o, g in zip((outputs[0], outputs[1], outputs[2], outputs[3]), output_grads) if g is not None]
-        if not pairs or not wanted:
-            return tuple(result)
-        grads = torch.autograd.grad(
-            [o for o, _ in pairs], [inputs[i] for i in wanted], [g for _, g in pairs],
-            create_graph=True, allow_unused=True,
-        )
-    for i, g in zip(wanted, grads):
-        result[i] = g if g is not None else torch.zeros_like(inputs[i])
-    return tuple(result)
+    return differentiable_grads(
+        ctx.needs_input_grad,
+        (x, w_ih, w_hh, bias, h0, c0, None, None, None, w_hr),
+        lambda: _composite_op(x, w_ih, w_hh, bias, h0, c0, ctx.reverse, ctx.batch_sizes, w_hr),
+        output_grads,
+    )
 
 
 torch.library.register_autograd("lstm_ext::lstm_forward", _lstm_forward_backward, setup_context=_setup_context)

@@ -14,11 +14,13 @@ import torch
 from torch import Tensor
 
 from . import _C  # noqa: F401  (loads the library that registers the ops)
+from ._autograd import check_like_x, differentiable_grads
 
 __all__ = ["rnn_layer"]
 
 _forward_op = torch.ops.lstm_ext.rnn_forward.default
 _backward_op = torch.ops.lstm_ext.rnn_backward.default
+_composite_op = torch.ops.lstm_ext.rnn_forward_composite.default
 
 
 def rnn_layer(
@@ -43,25 +45,10 @@ def rnn_layer(
     packed the same way; ``h_n`` holds each sequence's state at its own last
     step (its first step when ``reverse``). ``reverse=True`` runs from the
     last step to the first; ``y[t]`` stays aligned with ``x[t]``.
-    Differentiable in every tensor argument (first order only).
+    Differentiable in every tensor argument, twice (double backward takes a
+    slower, recomputing path).
     """
     return _forward_op(x, w_ih, w_hh, bias, h0, reverse, relu, batch_sizes)
-
-
-def _check_like_x(op: str, x: Tensor, **tensors: Optional[Tensor]) -> None:
-    """The device and dtype checks the real kernels make, for the fake ones.
-
-    A call that mixes devices (say one argument on "meta") dispatches to the
-    fake kernel, which must refuse it as the real kernel would instead of
-    returning uninitialised memory.
-    """
-    for name, t in tensors.items():
-        if t is None:
-            continue
-        if t.device != x.device:
-            raise RuntimeError(f"{op}: {name}: expected device {x.device} (the device of x), got {t.device}")
-        if t.dtype != x.dtype:
-            raise RuntimeError(f"{op}: {name}: expected dtype {x.dtype} (the dtype of x), got {t.dtype}")
 
 
 # The real kernels return fresh contiguous tensors whatever the inputs'
@@ -70,7 +57,7 @@ def _check_like_x(op: str, x: Tensor, **tensors: Optional[Tensor]) -> None:
 
 @torch.library.register_fake("lstm_ext::rnn_forward")
 def _rnn_forward_fake(x, w_ih, w_hh, bias, h0, reverse, relu, batch_sizes=None):
-    _check_like_x("rnn_forward", x, w_ih=w_ih, w_hh=w_hh, bias=bias, h0=h0)
+    check_like_x("rnn_forward", x, w_ih=w_ih, w_hh=w_hh, bias=bias, h0=h0)
     H = w_hh.shape[0]
     return x.new_empty((*x.shape[:-1], H)), x.new_empty((h0.shape[0], H))
 
@@ -78,7 +65,7 @@ def _rnn_forward_fake(x, w_ih, w_hh, bias, h0, reverse, relu, batch_sizes=None):
 @torch.library.register_fake("lstm_ext::rnn_backward")
 def _rnn_backward_fake(grad_y, grad_h_n, x, w_ih, w_hh, h0, y, reverse, relu, need_grad_x,
                        batch_sizes=None):
-    _check_like_x("rnn_backward", x, grad_y=grad_y, grad_h_n=grad_h_n, w_ih=w_ih, w_hh=w_hh,
+    check_like_x("rnn_backward", x, grad_y=grad_y, grad_h_n=grad_h_n, w_ih=w_ih, w_hh=w_hh,
                   h0=h0, y=y)
     grad_x = x.new_empty(x.shape) if need_grad_x else x.new_empty((0,))
     return (
@@ -96,15 +83,25 @@ def _setup_context(ctx, inputs, output):
     ctx.reverse = reverse
     ctx.relu = relu
     ctx.has_bias = bias is not None
+    ctx.batch_sizes = batch_sizes
     # Absent output gradients stay None, and the kernel reads None as zero,
     # instead of autograd materialising tensors of zeros.
     ctx.set_materialize_grads(False)
     # The backward needs only the output y (act' is read off it).
-    ctx.save_for_backward(x, w_ih, w_hh, h0, y, batch_sizes)
+    ctx.save_for_backward(x, w_ih, w_hh, h0, y, bias)
 
 
 def _rnn_forward_backward(ctx, grad_y, grad_h_n):
-    x, w_ih, w_hh, h0, y, batch_sizes = ctx.saved_tensors
+    x, w_ih, w_hh, h0, y, bias = ctx.saved_tensors
+    if torch.is_grad_enabled():
+        # create_graph=True: the gradients must be differentiable themselves.
+        return differentiable_grads(
+            ctx.needs_input_grad,
+            (x, w_ih, w_hh, bias, h0, None, None, None),
+            lambda: _composite_op(x, w_ih, w_hh, bias, h0, ctx.reverse, ctx.relu, ctx.batch_sizes),
+            (grad_y, grad_h_n),
+        )
+    batch_sizes = ctx.batch_sizes
     needs = ctx.needs_input_grad
     grad_x, grad_w_ih, grad_w_hh, grad_bias, grad_h0 = _backward_op(
         grad_y, grad_h_n, x, w_ih, w_hh, h0, y, ctx.reverse, ctx.relu, needs[0], batch_sizes
@@ -126,14 +123,14 @@ torch.library.register_autograd("lstm_ext::rnn_forward", _rnn_forward_backward, 
 
 def _refuse_double_backward(ctx, *grads):
     raise RuntimeError(
-        "lstm_ext: double backward (differentiating the gradients of lstm_ext's RNN, e.g. "
-        "with create_graph=True) is not supported yet. First-order gradients are unaffected."
+        "lstm_ext::rnn_backward is not differentiable. For second-order gradients, "
+        "differentiate rnn_forward (e.g. through lstm_ext.rnn_ops.rnn_layer or lstm_ext.RNN) "
+        "with create_graph=True, which takes a differentiable path."
     )
 
 
-# create_graph=True runs the backward op under grad mode; its outputs then
-# carry this node, so a second-order gradient fails loudly instead of
-# silently coming back as None.
+# Direct callers of the backward op under grad mode get a loud error instead
+# of gradients that silently come back as None.
 torch.library.register_autograd(
     "lstm_ext::rnn_backward", _refuse_double_backward, setup_context=lambda ctx, inputs, output: None
 )

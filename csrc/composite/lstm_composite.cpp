@@ -10,7 +10,7 @@
 #include <vector>
 
 #include "checks.h"
-#include "step_layout.h"
+#include "composite/running_state.h"
 
 namespace lstm_ext {
 namespace {
@@ -18,22 +18,12 @@ namespace {
 using at::Tensor;
 using OptTensor = std::optional<Tensor>;
 
-bool present(const OptTensor& t) { return t.has_value() && t->defined(); }
-
-// The running state after a step that updated only the first `rows` rows.
-Tensor with_first_rows(const Tensor& updated, const Tensor& state, int64_t rows) {
-  const int64_t B = state.size(0);
-  return rows == B ? updated : at::cat({updated, state.narrow(0, rows, B - rows)}, 0);
-}
-
 std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward_composite(
     const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const OptTensor& bias,
     const Tensor& h0, const Tensor& c0, bool reverse, const OptTensor& batch_sizes,
     const OptTensor& w_hr) {
   const LstmDims d = check_lstm_forward_args(x, w_ih, w_hh, bias, h0, c0, batch_sizes, w_hr);
-  const StepLayout layout =
-      d.seq.packed ? StepLayout(batch_sizes->contiguous().data_ptr<int64_t>(), d.seq.T)
-                   : StepLayout(d.seq.T, d.seq.B);
+  const StepLayout layout = make_step_layout(d.seq, batch_sizes);
   const Tensor x2d = x.reshape({d.seq.N, d.I});
   const Tensor projected_x = present(bias) ? at::addmm(*bias, x2d, w_ih.t()) : at::mm(x2d, w_ih.t());
 

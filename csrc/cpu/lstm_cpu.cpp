@@ -29,11 +29,6 @@ scalar_t* ptr_or_null(const OptTensor& t) {
   return present(t) ? t->data_ptr<scalar_t>() : nullptr;
 }
 
-StepLayout make_layout(const SequenceDims& seq, const OptTensor& batch_sizes) {
-  if (!seq.packed) return StepLayout(seq.T, seq.B);
-  return StepLayout(batch_sizes->contiguous().data_ptr<int64_t>(), seq.T);
-}
-
 // x W_ih^T + bias for all N rows at once, into a fresh [N,4H] buffer that the
 // time loop accumulates the recurrent product into.
 Tensor input_projection(const Tensor& x, const Tensor& w_ih, const OptTensor& bias,
@@ -54,7 +49,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_cpu(
     const OptTensor& batch_sizes, const OptTensor& w_hr_in) {
   const LstmDims d =
       check_lstm_forward_args(x_in, w_ih_in, w_hh_in, bias, h0, c0, batch_sizes, w_hr_in);
-  const StepLayout layout = make_layout(d.seq, batch_sizes);
+  const StepLayout layout = make_step_layout(d.seq, batch_sizes);
   const Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   const OptTensor w_hr = contiguous_or_none(w_hr_in);
   const auto opts = x.options();
@@ -102,7 +97,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
       check_lstm_backward_args(grad_y_in, grad_h_n, grad_c_n, grad_cells_in, x_in, w_ih_in,
                                w_hh_in, h0_in, c0_in, y_in, gates_in, cells_in, batch_sizes,
                                w_hr_in);
-  const StepLayout layout = make_layout(d.seq, batch_sizes);
+  const StepLayout layout = make_step_layout(d.seq, batch_sizes);
   const Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   const Tensor h0 = h0_in.contiguous(), c0 = c0_in.contiguous(), y = y_in.contiguous();
   const Tensor gates = gates_in.contiguous(), cells = cells_in.contiguous();

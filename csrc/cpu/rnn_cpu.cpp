@@ -17,14 +17,6 @@ namespace {
 
 using at::Tensor;
 
-// The rows of every step: dense T steps of B rows, or packed by batch_sizes
-// (already validated: int64, CPU, positive, non-increasing).
-StepLayout step_layout(const SequenceDims& s, const std::optional<Tensor>& batch_sizes) {
-  if (!s.packed) return StepLayout(s.T, s.B);
-  const Tensor bs = batch_sizes->contiguous();
-  return StepLayout(bs.data_ptr<int64_t>(), s.T);
-}
-
 std::optional<Tensor> contiguous_or_none(const std::optional<Tensor>& t) {
   if (!t.has_value() || !t->defined()) return std::nullopt;
   return t->contiguous();
@@ -38,7 +30,7 @@ std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& x_in, const Tensor& w_i
   const RnnDims d = check_rnn_forward_args(x_in, w_ih_in, w_hh_in, bias, h0, batch_sizes);
   const SequenceDims& s = d.seq;
   const Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
-  const StepLayout L = step_layout(s, batch_sizes);
+  const StepLayout L = make_step_layout(s, batch_sizes);
 
   // y starts as x W_ih^T + bias for all N rows (one GEMM); the time loop adds
   // the recurrent product and applies the activation in place.
@@ -71,7 +63,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
   const Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   const Tensor h0 = h0_in.contiguous(), y = y_in.contiguous();
   const auto grad_y = contiguous_or_none(grad_y_in);
-  const StepLayout L = step_layout(s, batch_sizes);
+  const StepLayout L = make_step_layout(s, batch_sizes);
   const auto opts = x.options();
 
   // Gradient at the carried state: starts as grad_h_n (zero when absent),

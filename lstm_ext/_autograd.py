@@ -1,0 +1,60 @@
+"""What the LSTM and RNN op wrappers share: fake-kernel checks and the
+differentiable (double-backward) path of their autograd formulas."""
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+
+def needs_grad(*tensors: Optional[Tensor]) -> bool:
+    """Whether autograd will need the activations a forward can save."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def check_like_x(op: str, x: Tensor, **tensors: Optional[Tensor]) -> None:
+    """The device and dtype checks the real kernels make, for the fake ones.
+
+    A call that mixes devices (say one argument on "meta") dispatches to the
+    fake kernel, which must refuse it as the real kernel would instead of
+    returning uninitialised memory.
+    """
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if t.device != x.device:
+            raise RuntimeError(f"{op}: {name}: expected device {x.device} (the device of x), got {t.device}")
+        if t.dtype != x.dtype:
+            raise RuntimeError(f"{op}: {name}: expected dtype {x.dtype} (the dtype of x), got {t.dtype}")
+
+
+def differentiable_grads(
+    needs_input_grad: Sequence[bool],
+    inputs: Sequence[Optional[Tensor]],
+    recompute: Callable[[], Sequence[Tensor]],
+    output_grads: Sequence[Optional[Tensor]],
+) -> tuple:
+    """First-order gradients that autograd can differentiate again.
+
+    The fused backward kernels are opaque to autograd, so under
+    create_graph=True the layer is recomputed by ``recompute`` (the op's
+    composite twin: the same function as differentiable ATen ops, looped over
+    the steps in C++) and differentiated with create_graph=True. ``inputs``
+    lines up with the op's arguments (None where an argument is not a tensor);
+    ``output_grads`` with ``recompute``'s outputs (None = no gradient).
+    """
+    wanted = [i for i, t in enumerate(inputs) if t is not None and needs_input_grad[i]]
+    result = [None] * len(inputs)
+    with torch.enable_grad():
+        outputs = recompute()
+        pairs = [(o, g) for o, g in zip(outputs, output_grads) if g is not None]
+        if not pairs or not wanted:
+            return tuple(result)
+        grads = torch.autograd.grad(
+            [o for o, _ in pairs], [inputs[i] for i in wanted], [g for _, g in pairs],
+            create_graph=True, allow_unused=True,
+        )
+    for i, g in zip(wanted, grads):
+        result[i] = g if g is not None else torch.zeros_like(inputs[i])
+    return tuple(result)
