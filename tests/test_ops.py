@@ -503,3 +503,43 @@ def test_op_all_meta_inputs_give_shapes():
     assert y.device.type == "meta"
     assert (y.shape, hn.shape, cn.shape, gates.shape, cells.shape) == \
         ((3, 2, 5), (2, 5), (2, 5), (3, 2, 20), (3, 2, 5))
+
+
+# --- double backward -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("variant", ["dense", "packed", "proj", "cells"])
+def test_gradgradcheck_lstm_layer(reverse, variant):
+    """create_graph=True gives gradients autograd can differentiate again."""
+    torch.manual_seed(5)
+    H, I, P = 4, 3, (2 if variant == "proj" else 4)
+    batch_sizes = torch.tensor([3, 2, 2, 1]) if variant == "packed" else None
+    x_shape = (int(batch_sizes.sum()), I) if batch_sizes is not None else (4, 3, I)
+    x = leaf(torch.randn(*x_shape, dtype=torch.float64))
+    w_ih = leaf(torch.randn(4 * H, I, dtype=torch.float64) * 0.5)
+    w_hh = leaf(torch.randn(4 * H, P, dtype=torch.float64) * 0.5)
+    b = leaf(torch.randn(4 * H, dtype=torch.float64))
+    h0 = leaf(torch.randn(3, P, dtype=torch.float64))
+    c0 = leaf(torch.randn(3, H, dtype=torch.float64))
+    args = [x, w_ih, w_hh, b, h0, c0]
+    if variant == "proj":
+        args.append(leaf(torch.randn(P, H, dtype=torch.float64)))
+
+    def f(x, w_ih, w_hh, b, h0, c0, *w_hr):
+        return lstm_ops.lstm_layer(x, w_ih, w_hh, b, h0, c0, reverse=reverse, batch_sizes=batch_sizes,
+                                   w_hr=w_hr[0] if w_hr else None, return_cells=variant == "cells")
+
+    assert torch.autograd.gradgradcheck(f, args)
+
+
+def test_backward_op_refuses_to_be_differentiated():
+    """The fused backward op is opaque to autograd: differentiating its outputs
+    directly fails loudly rather than returning None."""
+    x, w_ih, w_hh, b, h0, c0 = (leaf(t) for t in make_inputs(3, 2, 3, 4))
+    with torch.no_grad():
+        y, hn, cn, gates, cells = OPS.lstm_forward(x, w_ih, w_hh, b, h0, c0, False, True)
+    grads = OPS.lstm_backward(torch.ones_like(y), None, None, None, x, w_ih, w_hh, h0, c0, y, gates, cells,
+                              False, True)
+    with pytest.raises(RuntimeError, match="not differentiable"):
+        grads[1].sum().backward()
