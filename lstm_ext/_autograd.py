@@ -58,3 +58,21 @@ def differentiable_grads(
     for i, g in zip(wanted, grads):
         result[i] = g if g is not None else torch.zeros_like(inputs[i])
     return tuple(result)
+
+
+def register_opaque_backward(backward_op: str, forward_op: str, entry_point: str) -> None:
+    """Make differentiating a fused backward op's outputs fail loudly.
+
+    Under grad mode the op's outputs carry this node, so a direct caller that
+    differentiates them gets an error naming the differentiable route instead
+    of gradients that silently come back as None.
+    """
+
+    def refuse(ctx, *grads):
+        raise RuntimeError(
+            f"{backward_op} is not differentiable. For second-order gradients, differentiate "
+            f"{forward_op} (e.g. through {entry_point}) with create_graph=True, which takes a "
+            "differentiable path."
+        )
+
+    torch.library.register_autograd(backward_op, refuse, setup_context=lambda ctx, inputs, output: None)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from . import _C  # noqa: F401  (loads the library that registers the ops)
-from ._autograd import check_like_x, differentiable_grads, needs_grad
+from ._autograd import check_like_x, differentiable_grads, needs_grad, register_opaque_backward
 
 __all__ = ["lstm_layer", "SUPPORTED_DEVICE_TYPES"]
 
@@ -161,16 +161,4 @@ def _differentiable_backward(ctx, output_grads):
 torch.library.register_autograd("lstm_ext::lstm_forward", _lstm_forward_backward, setup_context=_setup_context)
 
 
-def _refuse_double_backward(ctx, *grads):
-    raise RuntimeError(
-        "lstm_ext::lstm_backward is not differentiable. For second-order gradients, "
-        "differentiate lstm_forward (e.g. through lstm_ext.ops.lstm_layer or lstm_ext.LSTM) "
-        "with create_graph=True, which takes a differentiable path."
-    )
-
-
-# Direct callers of the backward op under grad mode get a loud error instead
-# of gradients that silently come back as None.
-torch.library.register_autograd(
-    "lstm_ext::lstm_backward", _refuse_double_backward, setup_context=lambda ctx, inputs, output: None
-)
+register_opaque_backward("lstm_ext::lstm_backward", "lstm_ext::lstm_forward", "lstm_ext.ops.lstm_layer or lstm_ext.LSTM")

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from . import _C  # noqa: F401  (loads the library that registers the ops)
-from ._autograd import check_like_x, differentiable_grads
+from ._autograd import check_like_x, differentiable_grads, register_opaque_backward
 
 __all__ = ["rnn_layer"]
 
@@ -121,16 +121,4 @@ def _rnn_forward_backward(ctx, grad_y, grad_h_n):
 torch.library.register_autograd("lstm_ext::rnn_forward", _rnn_forward_backward, setup_context=_setup_context)
 
 
-def _refuse_double_backward(ctx, *grads):
-    raise RuntimeError(
-        "lstm_ext::rnn_backward is not differentiable. For second-order gradients, "
-        "differentiate rnn_forward (e.g. through lstm_ext.rnn_ops.rnn_layer or lstm_ext.RNN) "
-        "with create_graph=True, which takes a differentiable path."
-    )
-
-
-# Direct callers of the backward op under grad mode get a loud error instead
-# of gradients that silently come back as None.
-torch.library.register_autograd(
-    "lstm_ext::rnn_backward", _refuse_double_backward, setup_context=lambda ctx, inputs, output: None
-)
+register_opaque_backward("lstm_ext::rnn_backward", "lstm_ext::rnn_forward", "lstm_ext.rnn_ops.rnn_layer or lstm_ext.RNN")
