@@ -9,6 +9,7 @@
 
 #include "checks.h"
 #include "cpu/lstm_sequence.h"
+#include "cpu/previous_state.h"
 #include "step_layout.h"
 
 namespace lstm_ext::cpu {

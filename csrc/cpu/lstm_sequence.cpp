@@ -98,27 +98,12 @@ void lstm_backward_loop(const StepLayout& layout, bool reverse, int64_t H, int64
   }
 }
 
-template <typename scalar_t>
-void gather_previous_state(const StepLayout& layout, bool reverse, int64_t F, const scalar_t* y,
-                           const scalar_t* h0, scalar_t* h_prev) {
-  for (int64_t t = 0; t < layout.steps(); ++t) {
-    const int64_t p = layout.previous(t, reverse);
-    const int64_t continuing = layout.rows_continuing(t, reverse);
-    scalar_t* out = h_prev + layout.offset(t) * F;
-    if (continuing > 0) std::memcpy(out, y + layout.offset(p) * F, sizeof(scalar_t) * continuing * F);
-    std::memcpy(out + continuing * F, h0 + continuing * F,
-                sizeof(scalar_t) * (layout.rows(t) - continuing) * F);
-  }
-}
-
 #define LSTM_EXT_INSTANTIATE(T)                                                                  \
   template void lstm_forward_loop<T>(const StepLayout&, bool, bool, int64_t, int64_t, const T*, \
                                      const T*, T*, T*, T*, T*, T*, T*);                         \
   template void lstm_backward_loop<T>(const StepLayout&, bool, int64_t, int64_t, const T*,      \
                                       const T*, const T*, const T*, const T*, const T*,         \
-                                      const T*, T*, T*, T*, T*, T*, T*);                        \
-  template void gather_previous_state<T>(const StepLayout&, bool, int64_t, const T*, const T*,  \
-                                         T*);
+                                      const T*, T*, T*, T*, T*, T*, T*);
 LSTM_EXT_INSTANTIATE(float)
 LSTM_EXT_INSTANTIATE(double)
 #undef LSTM_EXT_INSTANTIATE

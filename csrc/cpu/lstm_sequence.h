@@ -49,12 +49,4 @@ void lstm_backward_loop(const StepLayout& layout, bool reverse, int64_t H, int64
                         scalar_t* grad_gates, scalar_t* grad_h_all, scalar_t* h_raw_all,
                         scalar_t* grad_h_raw);
 
-// h_prev [N,F] out: for each row of step t, the state that row started step t
-// from: its row of y [N,F] at the previously visited step, or of h0 [B,F]
-// for rows that start at t. Feeds the one GEMM for the recurrent weight
-// gradient.
-template <typename scalar_t>
-void gather_previous_state(const StepLayout& layout, bool reverse, int64_t F, const scalar_t* y,
-                           const scalar_t* h0, scalar_t* h_prev);
-
 }  // namespace lstm_ext::cpu

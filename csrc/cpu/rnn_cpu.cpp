@@ -10,6 +10,7 @@
 
 #include "cpu/rnn_sequence.h"
 #include "rnn_checks.h"
+#include "cpu/previous_state.h"
 #include "step_layout.h"
 
 namespace lstm_ext::cpu {
@@ -82,8 +83,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
                                 y.data_ptr<scalar_t>(),
                                 grad_y ? grad_y->data_ptr<scalar_t>() : nullptr,
                                 grad_h.data_ptr<scalar_t>(), d_pre.data_ptr<scalar_t>());
-    rnn_gather_h_prev<scalar_t>(L, d.H, reverse, y.data_ptr<scalar_t>(),
-                                h0.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>());
+    gather_previous_state<scalar_t>(L, reverse, d.H, y.data_ptr<scalar_t>(),
+                                    h0.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>());
   });
 
   // One GEMM each over all N rows (zeros when N == 0).

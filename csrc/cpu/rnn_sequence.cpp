@@ -3,7 +3,6 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
-#include <cstring>
 
 #include "cpu/blas.h"
 #include "cpu/rnn_cell.h"
@@ -78,23 +77,6 @@ void rnn_backward_loop(const StepLayout& L, int64_t H, bool reverse, bool relu,
   }
 }
 
-template <typename scalar_t>
-void rnn_gather_h_prev(const StepLayout& L, int64_t H, bool reverse, const scalar_t* y,
-                       const scalar_t* h0, scalar_t* h_prev) {
-  for (int64_t t = 0; t < L.steps(); ++t) {
-    const int64_t rows = L.rows(t);
-    const int64_t cont = L.rows_continuing(t, reverse);
-    scalar_t* dst = h_prev + L.offset(t) * H;
-    if (cont > 0) {
-      const int64_t p = L.previous(t, reverse);
-      std::memcpy(dst, y + L.offset(p) * H, sizeof(scalar_t) * cont * H);
-    }
-    if (rows > cont) {
-      std::memcpy(dst + cont * H, h0 + cont * H, sizeof(scalar_t) * (rows - cont) * H);
-    }
-  }
-}
-
 template void rnn_forward_loop<float>(const StepLayout&, int64_t, bool, bool, const float*,
                                       float*, float*);
 template void rnn_forward_loop<double>(const StepLayout&, int64_t, bool, bool, const double*,
@@ -103,9 +85,5 @@ template void rnn_backward_loop<float>(const StepLayout&, int64_t, bool, bool, c
                                        const float*, const float*, float*, float*);
 template void rnn_backward_loop<double>(const StepLayout&, int64_t, bool, bool, const double*,
                                         const double*, const double*, double*, double*);
-template void rnn_gather_h_prev<float>(const StepLayout&, int64_t, bool, const float*,
-                                       const float*, float*);
-template void rnn_gather_h_prev<double>(const StepLayout&, int64_t, bool, const double*,
-                                        const double*, double*);
 
 }  // namespace lstm_ext::cpu

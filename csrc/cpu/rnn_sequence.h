@@ -39,12 +39,4 @@ void rnn_backward_loop(const StepLayout& L, int64_t H, bool reverse, bool relu,
                        const scalar_t* w_hh, const scalar_t* y, const scalar_t* grad_y,
                        scalar_t* grad_h, scalar_t* d_pre);
 
-// h_prev [N,H] out: for step t's row r, the h_{t-1} that step read:
-// y[offset(p) + r] with p = L.previous(t, reverse) for r < rows_continuing(t),
-// else h0[r]. Lets grad W_hh = d_pre^T h_prev be one GEMM.
-// y [N,H], h0 [B,H].
-template <typename scalar_t>
-void rnn_gather_h_prev(const StepLayout& L, int64_t H, bool reverse, const scalar_t* y,
-                       const scalar_t* h0, scalar_t* h_prev);
-
 }  // namespace lstm_ext::cpu
