@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Time lstm_ext.LSTM against torch.nn.LSTM, for inference and for training.
+"""Time lstm_ext.LSTM / lstm_ext.RNN against torch.nn.LSTM / torch.nn.RNN,
+for inference and for training, on padded or packed input.
 
 Both implementations get identical weights and inputs and run interleaved in
 one process, so slow drifts of the machine (frequency, other load) hit both
@@ -9,6 +10,7 @@ benchmarks/results/. See benchmarks/README.md.
     python3 benchmarks/bench.py                  # default suite, both modes
     python3 benchmarks/bench.py --quick          # smoke test, a few seconds
     python3 benchmarks/bench.py --shapes 100x32x256x256 50x8x128x128:L2:bi
+    python3 benchmarks/bench.py --shapes 100x32x256x256:packed 100x32x256x256:rnn-relu:bi
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 # Other processes' share of CPU time above which the results are flagged.
 BUSY_WARN = 0.15
@@ -45,6 +48,13 @@ if REPO_ROOT not in sys.path:
 
 # --------------------------------------------------------------------------- shapes
 
+# Keys are torch's own names for the recurrences (torch.nn.RNNBase.mode), as
+# recorded in the JSON. Matmul rows per hidden unit: LSTM has 4 gates, RNN one.
+GATES = {"LSTM": 4, "RNN_TANH": 1, "RNN_RELU": 1}
+_MODEL_PREFIX = {"LSTM": "", "RNN_TANH": "RNN ", "RNN_RELU": "RNN-relu "}
+_MODEL_OPT = {"LSTM": "", "RNN_TANH": ":rnn", "RNN_RELU": ":rnn-relu"}
+
+
 @dataclass(frozen=True)
 class Shape:
     T: int
@@ -53,14 +63,20 @@ class Shape:
     H: int
     layers: int = 1
     bidirectional: bool = False
+    # New fields go last with defaults, so the original 8-shape suite and its
+    # labels/specs stay exactly as before.
+    model: str = "LSTM"
+    packed: bool = False
 
     @property
     def label(self) -> str:
-        s = f"T{self.T} B{self.B} I{self.I} H{self.H}"
+        s = _MODEL_PREFIX[self.model] + f"T{self.T} B{self.B} I{self.I} H{self.H}"
         if self.layers != 1:
             s += f" L{self.layers}"
         if self.bidirectional:
             s += " bi"
+        if self.packed:
+            s += " packed"
         return s
 
     @property
@@ -71,10 +87,25 @@ class Shape:
             s += f":L{self.layers}"
         if self.bidirectional:
             s += ":bi"
+        s += _MODEL_OPT[self.model]
+        if self.packed:
+            s += ":packed"
         return s
+
+    @property
+    def variant(self) -> str:
+        return variant_of(self.model, self.packed)
+
+
+def variant_of(model: str, packed: bool) -> str:
+    """Model and input kind, e.g. "LSTM", "LSTM packed", "RNN": the grouping of
+    the per-variant geomeans (JSON records carry model and packed, not this)."""
+    return (_MODEL_PREFIX[model].strip() or "LSTM") + (" packed" if packed else "")
 
 
 DEFAULT_SUITE = [
+    # The original 8 shapes come first and unchanged so results stay comparable
+    # with earlier runs (NOTES.md); new variants are only appended.
     Shape(100, 32, 256, 256),
     Shape(100, 64, 512, 512),
     Shape(200, 8, 64, 64),
@@ -83,52 +114,93 @@ DEFAULT_SUITE = [
     Shape(100, 4, 128, 128, layers=2),
     Shape(50, 32, 256, 256, layers=2),
     Shape(100, 16, 128, 128, bidirectional=True),
+    Shape(100, 32, 256, 256, packed=True),
+    Shape(100, 32, 256, 256, model="RNN_TANH"),
 ]
 
 # Small enough to finish in seconds, but still covering every code path the
-# default suite touches (multi-layer, bidirectional, batch of one).
+# default suite touches (multi-layer, bidirectional, batch of one, packed
+# input, the RNN modules).
 QUICK_SUITE = [
     Shape(20, 4, 32, 32),
     Shape(10, 1, 16, 32),
     Shape(10, 2, 16, 16, layers=2, bidirectional=True),
+    Shape(20, 4, 32, 32, packed=True),
+    Shape(20, 4, 32, 32, model="RNN_TANH"),
 ]
 
 _SHAPE_RE = re.compile(r"^(\d+)x(\d+)x(\d+)x(\d+)((?::[^:]+)*)$")
+_SHAPE_SYNTAX = "TxBxIxH[:L<layers>][:bi][:rnn|:rnn-relu][:packed]"
+_MODEL_OPTS = {"lstm": "LSTM", "rnn": "RNN_TANH", "rnn-tanh": "RNN_TANH", "rnn-relu": "RNN_RELU"}
 
 
 def parse_shape(text: str) -> Shape:
-    """Parse `TxBxIxH[:L<layers>][:bi]`, e.g. `100x32x256x256:L2:bi`."""
+    """Parse `TxBxIxH[:L<layers>][:bi][:rnn|:rnn-relu][:packed]`, e.g. `100x32x256x256:L2:bi:packed`."""
     m = _SHAPE_RE.match(text.strip().lower())
     if not m:
         raise argparse.ArgumentTypeError(
-            f"bad shape {text!r}: expected TxBxIxH[:L<layers>][:bi], e.g. 100x32x256x256:L2:bi")
+            f"bad shape {text!r}: expected {_SHAPE_SYNTAX}, e.g. 100x32x256x256:L2:bi")
     T, B, I, H = (int(g) for g in m.groups()[:4])
-    layers, bidir = 1, False
+    layers, bidir, model, packed = 1, False, None, False
     for opt in filter(None, m.group(5).split(":")):
         if opt in ("bi", "bidir", "bidirectional"):
             bidir = True
         elif re.fullmatch(r"l\d+", opt):
             layers = int(opt[1:])
+        elif opt in ("packed", "pack"):
+            packed = True
+        elif opt.replace("_", "-") in _MODEL_OPTS:
+            new = _MODEL_OPTS[opt.replace("_", "-")]
+            if model not in (None, new):
+                # Silently letting the last one win would time a model nobody asked for.
+                raise argparse.ArgumentTypeError(f"bad shape {text!r}: more than one model option")
+            model = new
         else:
-            raise argparse.ArgumentTypeError(f"bad shape option {opt!r} in {text!r}: use L<layers> or bi")
+            raise argparse.ArgumentTypeError(
+                f"bad shape option {opt!r} in {text!r}: use L<layers>, bi, rnn, rnn-relu, lstm or packed")
     if min(T, B, I, H, layers) < 1:
         raise argparse.ArgumentTypeError(f"bad shape {text!r}: all sizes must be >= 1")
-    return Shape(T, B, I, H, layers, bidir)
+    return Shape(T, B, I, H, layers, bidir, model or "LSTM", packed)
 
 
-def lstm_flops(shape: Shape, mode: str) -> float:
+def seq_lengths(shape: Shape, seed: int = 0) -> list:
+    """Per-sequence lengths of the batch: all T unless the shape is packed.
+
+    Packed batches get lengths linearly spaced from T down to max(1, T//4), so
+    the per-step batch shrinks steadily as in a real bucket of sentences, in a
+    shuffled order (fixed seed) so that enforce_sorted=False really has to sort
+    and unsort. The longest is always T, so T stays the step count.
+    """
+    if not shape.packed:
+        return [shape.T] * shape.B
+    lengths = np.rint(np.linspace(shape.T, max(1, shape.T // 4), shape.B)).astype(int).tolist()
+    order = torch.randperm(shape.B, generator=torch.Generator().manual_seed(seed)).tolist()
+    return [lengths[i] for i in order]
+
+
+def real_tokens(shape: Shape) -> int:
+    """Tokens that carry data: padding is not work a user wants done.
+
+    The shuffle only reorders the lengths, so the seed does not matter here.
+    """
+    return sum(seq_lengths(shape))
+
+
+def rnn_flops(shape: Shape, mode: str) -> float:
     """Matmul flops of one call; elementwise gate math is ignored.
 
     Per layer and direction the input and recurrent projections are
-    2*T*B*4H*(I_l + H). Training counts 3x forward: the backward needs one
+    2*N*G*H*(I_l + H), with N the real (unpadded) tokens and G the gate count
+    (4 for LSTM, 1 for RNN). Training counts 3x forward: the backward needs one
     product for the input gradient and one for the weight gradient, which is
     also why the benchmark input requires grad.
     """
     dirs = 2 if shape.bidirectional else 1
+    tokens = real_tokens(shape)
     total = 0.0
     for layer in range(shape.layers):
         in_l = shape.I if layer == 0 else shape.H * dirs
-        total += dirs * 2.0 * shape.T * shape.B * 4 * shape.H * (in_l + shape.H)
+        total += dirs * 2.0 * tokens * GATES[shape.model] * shape.H * (in_l + shape.H)
     return total * (3.0 if mode == "training" else 1.0)
 
 
@@ -229,21 +301,29 @@ def wait_for_idle(max_wait: float, threshold: float) -> Optional[float]:
     return load
 
 
-def load_ext(module_name: str):
-    """Import the implementation under test; fail loudly rather than fall back."""
+def load_ext(module_name: str, class_names):
+    """Import the implementation under test; fail loudly rather than fall back.
+
+    Returns ({class name: ext class} for each of class_names, module, version).
+    Only the classes the chosen shapes use are required, so an LSTM-only
+    build can still run an LSTM-only suite.
+    """
     try:
         mod = importlib.import_module(module_name)
     except Exception as e:  # an ImportError or a crash in the extension's init
         sys.exit(f"error: cannot import {module_name!r}: {type(e).__name__}: {e}\n"
                  f"Build it first, e.g. `python3 setup.py build_ext --inplace` (or `make build`) in {REPO_ROOT}.")
-    cls = getattr(mod, "LSTM", None)
-    if cls is None:
-        where = getattr(mod, "__file__", None) or list(getattr(mod, "__path__", []))
-        sys.exit(f"error: {module_name!r} (from {where}) has no attribute LSTM; "
-                 f"the extension is probably not built yet: `python3 setup.py build_ext --inplace` or `make build`.")
-    if cls is torch.nn.LSTM:
-        # Timing torch against itself would produce plausible-looking nonsense.
-        sys.exit(f"error: {module_name}.LSTM is torch.nn.LSTM itself; refusing to benchmark torch against torch.")
+    classes = {}
+    for name in class_names:
+        cls = getattr(mod, name, None)
+        if cls is None:
+            where = getattr(mod, "__file__", None) or list(getattr(mod, "__path__", []))
+            sys.exit(f"error: {module_name!r} (from {where}) has no attribute {name}; "
+                     f"the extension is probably not built yet: `python3 setup.py build_ext --inplace` or `make build`.")
+        if cls is getattr(torch.nn, name):
+            # Timing torch against itself would produce plausible-looking nonsense.
+            sys.exit(f"error: {module_name}.{name} is torch.nn.{name} itself; refusing to benchmark torch against torch.")
+        classes[name] = cls
     version = getattr(mod, "__version__", None)
     if version is None:
         try:
@@ -251,24 +331,74 @@ def load_ext(module_name: str):
             version = _v(module_name.split(".")[0])
         except Exception:
             version = None
-    return cls, mod, version
+    return classes, mod, version
+
+
+def module_class_name(model: str) -> str:
+    """torch.nn / lstm_ext class that implements `model` (RNN covers both nonlinearities)."""
+    return "LSTM" if model == "LSTM" else "RNN"
 
 
 # --------------------------------------------------------------------------- models
 
-def build_models(shape: Shape, ext_cls, device, dtype, seed: int = 0):
-    """A torch.nn.LSTM and an ext LSTM with identical weights, plus one input."""
+def build_models(shape: Shape, ext_classes, device, dtype, seed: int = 0):
+    """A torch.nn model and an ext model with identical weights, plus one input.
+
+    The input is a (T, B, I) tensor, or for packed shapes one PackedSequence
+    built here once, so both implementations see the very same object and the
+    packing cost is not timed.
+    """
     torch.manual_seed(seed)
     kwargs = dict(input_size=shape.I, hidden_size=shape.H, num_layers=shape.layers, bias=True,
                   batch_first=False, dropout=0.0, bidirectional=shape.bidirectional,
                   device=device, dtype=dtype)
-    ref = torch.nn.LSTM(**kwargs)
-    ext = ext_cls(**kwargs)
+    if shape.model != "LSTM":
+        kwargs["nonlinearity"] = "relu" if shape.model == "RNN_RELU" else "tanh"
+    name = module_class_name(shape.model)
+    ref = getattr(torch.nn, name)(**kwargs)
+    ext = ext_classes[name](**kwargs)
     ext.load_state_dict(ref.state_dict())
     # Training steps give their own copy of x requires_grad (see make_step), so
-    # the input-gradient product counted by lstm_flops is really computed.
+    # the input-gradient product counted by rnn_flops is really computed.
     x = torch.randn(shape.T, shape.B, shape.I, device=device, dtype=dtype)
+    if shape.packed:
+        # Packing drops the padding, so neither model can see or spend time on it.
+        x = pack_padded_sequence(x, seq_lengths(shape, seed), enforce_sorted=False)
     return ref, ext, x
+
+
+def input_with_grad(x):
+    """(a copy of x to feed the model, the leaf tensor whose .grad is dx).
+
+    A fresh leaf per step owner, so that the two implementations never share
+    or accumulate into one gradient buffer.
+    """
+    if isinstance(x, PackedSequence):
+        data = x.data.detach().clone().requires_grad_(True)
+        return PackedSequence(data, x.batch_sizes, x.sorted_indices, x.unsorted_indices), data
+    xg = x.detach().clone().requires_grad_(True)
+    return xg, xg
+
+
+def result_tensors(result) -> tuple:
+    """(output, h_n[, c_n]) as plain tensors, whatever the model and input kind.
+
+    For packed input the output's .data holds exactly the real tokens; its
+    padding-free layout is what both implementations must agree on.
+    """
+    y, hn = result
+    if isinstance(y, PackedSequence):
+        y = y.data
+    return (y, *hn) if isinstance(hn, tuple) else (y, hn)
+
+
+def loss_of(result) -> torch.Tensor:
+    """Sum of every returned tensor: each one gets a gradient of ones."""
+    tensors = result_tensors(result)
+    loss = tensors[0].sum()
+    for t in tensors[1:]:
+        loss = loss + t.sum()
+    return loss
 
 
 def _max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -282,25 +412,29 @@ def check_parity(ref, ext, x, with_grad: bool, tol: float, grad_tol: float) -> d
     they get a looser grad_tol, relative to the largest reference gradient.
     """
     res = {"checked": "forward+grad" if with_grad else "forward"}
+    packed = isinstance(x, PackedSequence)
     try:
         if with_grad:
             ref.train(); ext.train()
             outs, grads = [], []
             for m in (ref, ext):
                 m.zero_grad(set_to_none=True)
-                xi = x.detach().clone().requires_grad_(True)
-                y, (h, c) = m(xi)
-                (y.sum() + h.sum() + c.sum()).backward()
-                outs.append((y, h, c))
-                grads.append([xi.grad] + [p.grad for _, p in sorted(m.named_parameters())])
-            m_names = ["input"] + [n for n, _ in sorted(ref.named_parameters())]
+                xi, leaf = input_with_grad(x)
+                result = m(xi)
+                loss_of(result).backward()
+                outs.append(result_tensors(result))
+                grads.append([leaf.grad] + [p.grad for _, p in sorted(m.named_parameters())])
+            m_names = ["input.data" if packed else "input"] + [n for n, _ in sorted(ref.named_parameters())]
         else:
             ref.eval(); ext.eval()
             with torch.no_grad():
-                outs = [m(x) for m in (ref, ext)]
-            outs = [(y, h, c) for y, (h, c) in outs]
+                outs = [result_tensors(m(x)) for m in (ref, ext)]
         fwd_ok, fwd_diff = True, 0.0
-        for r, e, name in zip(outs[0], outs[1], ("output", "h_n", "c_n")):
+        names = ("output.data" if packed else "output", "h_n", "c_n")
+        if len(outs[0]) != len(outs[1]):
+            return {**res, "ok": False, "fwd_ok": False, "max_abs_diff": None,
+                    "error": f"{len(outs[1])} results != reference {len(outs[0])}"}
+        for r, e, name in zip(outs[0], outs[1], names):
             if r.shape != e.shape:
                 return {**res, "ok": False, "fwd_ok": False, "max_abs_diff": None,
                         "error": f"{name} shape {tuple(e.shape)} != reference {tuple(r.shape)}"}
@@ -338,14 +472,13 @@ def make_step(model, x, mode: str) -> Callable[[], None]:
                 model(x)
     else:
         model.train()
-        xg = x.detach().clone().requires_grad_(True)
+        xg, leaf = input_with_grad(x)
 
         def step():
             # Zeroing is part of a real training step, so it is timed too.
             model.zero_grad(set_to_none=True)
-            xg.grad = None
-            y, (h, c) = model(xg)
-            (y.sum() + h.sum() + c.sum()).backward()
+            leaf.grad = None
+            loss_of(model(xg)).backward()
     return step
 
 
@@ -449,22 +582,24 @@ def measure_on_quiet_machine(measure: Callable[[], object], device, args, warn, 
 
 # --------------------------------------------------------------------------- one case
 
-def run_shape(shape: Shape, modes, ext_cls, device, dtype, timed, args, tol, grad_tol, warn) -> list:
+def run_shape(shape: Shape, modes, ext_classes, device, dtype, timed, args, tol, grad_tol, warn) -> list:
     """All modes of one shape: build once, check parity once, time each mode."""
     records = []
-    base = {**asdict(shape), "shape": shape.label, "spec": shape.spec}
+    tokens = real_tokens(shape)
+    base = {**asdict(shape), "shape": shape.label, "spec": shape.spec, "real_tokens": tokens}
+    cls = module_class_name(shape.model)
     try:
-        ref, ext, x = build_models(shape, ext_cls, device, dtype, seed=args.seed)
+        ref, ext, x = build_models(shape, ext_classes, device, dtype, seed=args.seed)
     except Exception as e:
         msg = f"{type(e).__name__}: {e}"
         warn(f"!!! {shape.label}: could not build/load models: {msg}")
         return [{**base, "mode": m, "error": msg, "parity": {"ok": False}} for m in modes]
     parity = check_parity(ref, ext, x, with_grad="training" in modes, tol=tol, grad_tol=grad_tol)
     if not parity["ok"]:
-        warn("!" * 78 + f"\n!!! PARITY FAILURE {shape.label}: lstm_ext disagrees with torch.nn.LSTM: "
+        warn("!" * 78 + f"\n!!! PARITY FAILURE {shape.label}: lstm_ext disagrees with torch.nn.{cls}: "
              f"{json.dumps(parity)}\n!!! its timings below are for a BROKEN implementation\n" + "!" * 78)
     for mode in modes:
-        rec = {**base, "mode": mode, "flops": lstm_flops(shape, mode), "parity": parity_for_mode(parity, mode)}
+        rec = {**base, "mode": mode, "flops": rnn_flops(shape, mode), "parity": parity_for_mode(parity, mode)}
         try:
             (t_ref, t_ext), load, attempts = measure_on_quiet_machine(
                 lambda: time_interleaved(make_step(ref, x, mode), make_step(ext, x, mode), timed,
@@ -479,7 +614,6 @@ def run_shape(shape: Shape, modes, ext_cls, device, dtype, timed, args, tol, gra
             records.append(rec)
             continue
         r, e_ = summarize(t_ref), summarize(t_ext)
-        tokens = shape.T * shape.B
         rec.update(
             ref=r, ext=e_,
             speedup=r["median_ms"] / e_["median_ms"],
@@ -557,6 +691,21 @@ def geomean_speedups(records) -> dict:
     return out
 
 
+def geomean_by_variant(records) -> dict:
+    """geomean_speedups per variant, so that the suite-wide geomean, which mixes
+    LSTM, RNN and packed cases, can be taken apart and the plain-LSTM figure
+    compared with runs made before the other variants existed."""
+    variants = dict.fromkeys(variant_of(r.get("model", "LSTM"), r.get("packed", False)) for r in records)
+    return {v: geomean_speedups([r for r in records
+                                 if variant_of(r.get("model", "LSTM"), r.get("packed", False)) == v])
+            for v in variants}
+
+
+def torch_classes(records) -> str:
+    """"LSTM", "RNN" or "LSTM/RNN": the torch.nn reference(s) a run compared against."""
+    return "/".join(dict.fromkeys(module_class_name(r.get("model", "LSTM")) for r in records)) or "LSTM"
+
+
 def write_plot(path: str, meta: dict, records) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -603,10 +752,11 @@ def write_plot(path: str, meta: dict, records) -> None:
     ax.set_yticklabels(shapes, fontfamily="monospace", fontsize=9)
     ax.set_ylim(len(shapes) - 0.5, -0.5)
     ax.grid(axis="x", alpha=0.3)
-    ax.set_xlabel("speedup of lstm_ext over torch.nn.LSTM (median time ratio, log scale; >1 = faster)")
+    ref_name = f"torch.nn.{torch_classes(records)}"
+    ax.set_xlabel(f"speedup of lstm_ext over {ref_name} (median time ratio, log scale; >1 = faster)")
     gm = meta["geomean_speedup"]
     gm_s = ", ".join(f"{m} {v['geomean']:.2f}×" for m, v in gm.items())
-    ax.set_title(f"lstm_ext vs torch.nn.LSTM — {meta['machine']}\n"
+    ax.set_title(f"lstm_ext vs {ref_name} — {meta['machine']}\n"
                  f"torch {meta['torch_version']}, {meta['dtype']}, {meta['threads']} threads, "
                  f"commit {meta['git_commit'] or 'n/a'}, {meta['date'][:16].replace('T', ' ')} UTC\n"
                  f"geomean: {gm_s}   |   GEMM ceiling {meta['gemm_ceiling']['gflops']:.0f} GFLOP/s",
@@ -624,10 +774,13 @@ def write_plot(path: str, meta: dict, records) -> None:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
-        description="Benchmark lstm_ext.LSTM against torch.nn.LSTM (inference and training).",
+        description="Benchmark lstm_ext.LSTM / RNN against torch.nn.LSTM / RNN (inference and training, "
+                    "padded or packed input).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--shapes", nargs="+", type=parse_shape, metavar="TxBxIxH[:L<n>][:bi]",
-                   help="custom shapes instead of the default suite, e.g. 100x32x256x256 50x8x64x64:L2:bi")
+    p.add_argument("--shapes", nargs="+", type=parse_shape, metavar=_SHAPE_SYNTAX.replace("<layers>", "<n>"),
+                   help="custom shapes instead of the default suite, e.g. 100x32x256x256 50x8x64x64:L2:bi "
+                        "100x32x256x256:rnn-relu:packed (:rnn = tanh RNN, :packed = PackedSequence of "
+                        "varied lengths)")
     p.add_argument("--quick", action="store_true", help="tiny suite and short timing: a smoke test")
     p.add_argument("--mode", choices=["inference", "training", "both"], default="both")
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
@@ -680,9 +833,9 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
-    ext_cls, ext_mod, ext_version = load_ext(args.ext_module)
-
     shapes = args.shapes or (QUICK_SUITE if args.quick else DEFAULT_SUITE)
+    ext_classes, ext_mod, ext_version = load_ext(
+        args.ext_module, dict.fromkeys(module_class_name(s.model) for s in shapes))
     modes = ["inference", "training"] if args.mode == "both" else [args.mode]
     tol, grad_tol = (1e-4, 1e-3) if dtype == torch.float32 else (1e-9, 1e-8)
     timed = make_timer(device)
@@ -751,7 +904,7 @@ def main(argv=None) -> int:
               dynamic_ncols=True) as bar:
         for shape in shapes:
             bar.set_postfix_str(shape.label)
-            recs = run_shape(shape, modes, ext_cls, device, dtype, timed, args, tol, grad_tol, warn)
+            recs = run_shape(shape, modes, ext_classes, device, dtype, timed, args, tol, grad_tol, warn)
             records.extend(recs)
             bar.update(len(recs))
     meta["elapsed_s"] = round(time.perf_counter() - t_start, 1)
@@ -774,6 +927,7 @@ def main(argv=None) -> int:
              f"{'n/a' if busy_after is None else f'{100 * busy_after:.0f}%'}; absolute ms and GFLOP/s are "
              f"uncertain by about that much, interleaved speedups much less")
     meta["geomean_speedup"] = geomean_speedups(records)
+    meta["geomean_speedup_by_variant"] = geomean_by_variant(records)
 
     print(format_table(records, meta["gemm_ceiling"]["gflops"]))
     notes = []
@@ -789,6 +943,10 @@ def main(argv=None) -> int:
         if g["busy_cases"]:
             extra += f"   ~ {g['busy_cases']} case(s) timed on a busy machine"
         print(f"geomean speedup ({mode}): {g['geomean']:.2f}x over {g['n']} shapes{extra}")
+        by_variant = meta["geomean_speedup_by_variant"]
+        if len(by_variant) > 1:
+            print("    by variant: " + ", ".join(f"{v} {gv[mode]['geomean']:.2f}x ({gv[mode]['n']})"
+                                              for v, gv in by_variant.items() if mode in gv))
     print(f"GEMM ceiling: {meta['gemm_ceiling']['gflops']:.1f} GFLOP/s (before {gemm['gflops']:.1f}, "
           f"after {gemm_after['gflops']:.1f}; % GEMM uses the better)")
     print(f"suite time: {meta['elapsed_s']:.1f} s")
