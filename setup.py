@@ -26,7 +26,8 @@ def _cuda_requested() -> bool:
         return override.strip().lower() not in ("0", "false", "off", "no", "")
     import torch
 
-    has_nvcc = cpp_extension.CUDA_HOME is not None or shutil.which("nvcc") is not None
+    home = cpp_extension.CUDA_HOME
+    has_nvcc = (home is not None and os.path.exists(os.path.join(home, "bin", "nvcc"))) or shutil.which("nvcc") is not None
     return torch.version.cuda is not None and has_nvcc
 
 
@@ -66,20 +67,26 @@ def _extension():
         + glob.glob(os.path.join("csrc", "composite", "*.cpp"))
     )
     sources.append(os.path.join("csrc", "python", "module.cpp"))
-    cxx_flags = ["-O3", "-std=c++20", "-fvisibility=hidden", "-Wall", "-Wno-unused-parameter"] + _cpu_isa_flags()
+    # -fopenmp: ATen's at::parallel_for is a header template that only runs in
+    # parallel when the including file is compiled with OpenMP (it then uses
+    # the libgomp torch has loaded); without it our loops silently run serial.
+    cxx_flags = ["-O3", "-std=c++20", "-fvisibility=hidden", "-Wall", "-Wno-unused-parameter", "-fopenmp"]
+    cxx_flags += _cpu_isa_flags()
     sanitize = os.environ.get("LSTM_EXT_SANITIZE", "")
-    extra_link = []
+    extra_link = ["-fopenmp"]
     if sanitize:
         cxx_flags += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-g"]
         extra_link += [f"-fsanitize={sanitize}"]
-    if _cuda_requested():
-        cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")) + glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
+    cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")) + glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
+    if _cuda_requested() and not cuda_sources:
+        print("lstm_ext: CUDA requested but csrc/cuda has no sources yet: building the CPU extension")
+    if _cuda_requested() and cuda_sources:
         return cpp_extension.CUDAExtension(
             "lstm_ext._C",
             sources + cuda_sources,
             include_dirs=[os.path.join(ROOT, "csrc")],
             define_macros=[("LSTM_EXT_WITH_CUDA", "1")],
-            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++20", "--use_fast_math"]},
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17"]},
             extra_link_args=extra_link,
         )
     return cpp_extension.CppExtension(

@@ -18,7 +18,14 @@ int main() {
   // Boxed call, so this file does not restate the C++ signature of the schema.
   torch::jit::Stack stack{at::randn({T, B, I}), at::randn({4 * H, I}), at::randn({4 * H, H}),
                           at::randn({4 * H}),   at::zeros({B, H}),     at::zeros({B, H}),
-                          /*reverse=*/false,    /*save_for_backward=*/false};
+                          /*reverse=*/false,    /*save_for_backward=*/false,
+                          /*batch_sizes=*/c10::IValue(), /*w_hr=*/c10::IValue()};
+  // A boxed call passes every argument, defaulted ones too.
+  if (stack.size() != op.schema().arguments().size()) {
+    std::fprintf(stderr, "lstm_forward takes %zu arguments; update this test\n",
+                 op.schema().arguments().size());
+    return 1;
+  }
   op.callBoxed(&stack);
   if (stack.size() < 3) {
     std::fprintf(stderr, "lstm_forward returned %zu values\n", stack.size());

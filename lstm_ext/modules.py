@@ -125,7 +125,8 @@ def _check_same_device(input: Tensor, weight: Tensor) -> None:
 
 
 def _check_input_dtype(input: Tensor, weight: Tensor, error: type = ValueError) -> None:
-    """torch.nn's recurrent layers raise ValueError for this, its cells RuntimeError."""
+    """torch.nn raises ValueError for this with a tensor input to a recurrent layer,
+    RuntimeError with a PackedSequence or in the cells."""
     if input.dtype != weight.dtype and not torch.is_autocast_enabled(input.device.type):
         raise error(
             f"input dtype ({input.dtype}) does not match weight dtype ({weight.dtype}). Convert "
@@ -163,7 +164,12 @@ class _RecurrentBase(nn.Module):
         _check_size_arg("input_size", input_size)
         _check_size_arg("hidden_size", hidden_size)
         _check_size_arg("num_layers", num_layers)
-        if not isinstance(proj_size, int) or proj_size < 0:
+        for name, flag in (("bias", bias), ("batch_first", batch_first)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} should be of type bool, got: {type(flag).__name__}")
+        if not isinstance(proj_size, int):
+            raise TypeError(f"proj_size should be of type int, got: {type(proj_size).__name__}")
+        if proj_size < 0:
             raise ValueError(f"proj_size should be a positive integer or zero to disable projections, got {proj_size!r}")
         if proj_size >= hidden_size:
             raise ValueError(
@@ -262,7 +268,7 @@ class _RecurrentBase(nn.Module):
         module = type(self).__name__
         if isinstance(input, PackedSequence):
             x, batch_sizes, sorted_indices, unsorted_indices = input
-            self._check_features(x, module)
+            self._check_features(x, module, dtype_error=RuntimeError)
             return _Sequence(x, batch_sizes, sorted_indices, unsorted_indices, True, int(batch_sizes[0]))
         if not isinstance(input, Tensor):
             raise TypeError(f"{module}: expected input to be a Tensor or PackedSequence, got {type(input).__name__}")
@@ -280,13 +286,15 @@ class _RecurrentBase(nn.Module):
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         return _Sequence(x, None, None, None, batched, x.size(1))
 
-    def _check_features(self, x: Tensor, module: str) -> None:
+    def _check_features(self, x: Tensor, module: str, dtype_error: type = ValueError) -> None:
+        """torch.nn raises ValueError for a dtype mismatch of a tensor input and
+        RuntimeError for one of a PackedSequence."""
         if x.size(-1) != self.input_size:
             raise RuntimeError(
                 f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.size(-1)}"
             )
         weight = self.weight_ih_l0
-        _check_input_dtype(x, weight)
+        _check_input_dtype(x, weight, dtype_error)
         _check_device_supported(x, module)
         _check_same_device(x, weight)
 

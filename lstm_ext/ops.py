@@ -20,13 +20,16 @@ _forward_op = torch.ops.lstm_ext.lstm_forward.default
 _backward_op = torch.ops.lstm_ext.lstm_backward.default
 _composite_op = torch.ops.lstm_ext.lstm_forward_composite.default
 
-# Device types this build has kernels for ("meta" runs the fake kernels).
-# Read once at import, so the modules can give a clear error for, say, a CUDA
-# tensor on a CPU-only build, without a per-call dispatcher query.
+# Device types this build has kernels for; "meta" runs the fake kernels
+# registered below. Read once at import, so the modules can give a clear error
+# for, say, a CUDA tensor on a CPU-only build, without a per-call query.
 SUPPORTED_DEVICE_TYPES = frozenset(
-    device
-    for device, key in (("cpu", "CPU"), ("cuda", "CUDA"), ("meta", "Meta"))
-    if torch._C._dispatch_has_kernel_for_dispatch_key("lstm_ext::lstm_forward", key)
+    {"meta"}
+    | {
+        device
+        for device, key in (("cpu", "CPU"), ("cuda", "CUDA"))
+        if torch._C._dispatch_has_kernel_for_dispatch_key("lstm_ext::lstm_forward", key)
+    }
 )
 
 

@@ -27,10 +27,10 @@ mkdir -p "$REPORT_DIR"
 OBJ_DIR=$(mktemp -d)
 trap 'rm -rf "$OBJ_DIR"' EXIT
 
-# Same nvcc flags as setup.py's CUDAExtension (-O3 -std=c++17 --use_fast_math),
+# Same nvcc flags as setup.py's CUDAExtension (-O3 -std=c++17),
 # so the ptxas numbers are those of the real build.
 # shellcheck disable=SC2206
-FLAGS=(-c -std=c++17 -O3 --use_fast_math -Icsrc
+FLAGS=(-c -std=c++17 -O3 -Icsrc
        -gencode arch=compute_80,code=sm_80
        -gencode arch=compute_90,code=sm_90
        -Xptxas -v ${NVCC_FLAGS:-})

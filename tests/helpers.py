@@ -4,8 +4,15 @@ import re
 import pytest
 import torch
 
+from lstm_ext.ops import SUPPORTED_DEVICE_TYPES
+
 HAS_CUDA = torch.cuda.is_available()
-needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
+# CUDA cases need a GPU and a build with CUDA kernels; without the latter a
+# CUDA tensor raises NotImplementedError (tested in test_errors.py).
+needs_cuda = pytest.mark.skipif(
+    not (HAS_CUDA and "cuda" in SUPPORTED_DEVICE_TYPES),
+    reason="needs CUDA" if not HAS_CUDA else "this build has no CUDA kernels",
+)
 
 #: Use as ``@pytest.mark.parametrize("device", DEVICES)`` or through the
 #: ``device`` fixture in conftest.py.

@@ -377,7 +377,7 @@ def test_op_mixed_dtypes_raise(device, which):
     args = list(make_inputs(3, 2, 3, 4, dtype=torch.float32, device=device))
     i = names.index(which)
     args[i] = args[i].double()
-    with pytest.raises((RuntimeError, TypeError, ValueError)):
+    with pytest.raises(RuntimeError, match=rf"lstm_forward: {which}: expected dtype Float .*got Double"):
         OPS.lstm_forward(*args, False, False)
 
 
@@ -394,9 +394,12 @@ def test_op_bad_shapes_raise(device, which, bad_shape):
     names = ["x", "w_ih", "w_hh", "bias", "h0", "c0"]
     args = list(make_inputs(3, 2, 3, 4, dtype=torch.float32, device=device))
     args[names.index(which)] = torch.randn(bad_shape, device=device)
-    with pytest.raises((RuntimeError, ValueError, IndexError)):
+    # The op's own check names the argument, before any kernel (ATen's GEMM
+    # would raise a RuntimeError too, so the message is what tells them apart).
+    expected = rf"lstm_forward: {which}: expected (a 3-D tensor|shape)"
+    with pytest.raises(RuntimeError, match=expected):
         OPS.lstm_forward(*args, False, True)
-    with pytest.raises((RuntimeError, ValueError, IndexError)):
+    with pytest.raises(RuntimeError, match=expected):
         lstm_ops.lstm_layer(*args)
 
 
@@ -543,3 +546,52 @@ def test_backward_op_refuses_to_be_differentiated():
                               False, True)
     with pytest.raises(RuntimeError, match="not differentiable"):
         grads[1].sum().backward()
+
+
+# --- packed and projected layouts: opcheck, combined double backward -----------------------
+
+
+def _packed_projected_inputs(requires_grad):
+    torch.manual_seed(6)
+    H, I, P = 4, 3, 2
+    batch_sizes = torch.tensor([3, 3, 1])
+    make = (lambda *s: leaf(torch.randn(*s, dtype=torch.float64) * 0.5)) if requires_grad else \
+        (lambda *s: torch.randn(*s, dtype=torch.float64) * 0.5)
+    x = make(int(batch_sizes.sum()), I)
+    return (x, make(4 * H, I), make(4 * H, P), make(4 * H), make(3, P), make(3, H)), batch_sizes, make(P, H)
+
+
+@pytest.mark.parametrize("save", [True, False], ids=["save", "nosave"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_opcheck_packed_projected(save, reverse):
+    args, batch_sizes, w_hr = _packed_projected_inputs(requires_grad=save)
+    torch.library.opcheck(OPS.lstm_forward.default, (*args, reverse, save, batch_sizes, w_hr))
+    x, w_ih, w_hh, b, h0, c0 = (t.detach() for t in args)
+    y, hn, cn, gates, cells = OPS.lstm_forward(x, w_ih, w_hh, b, h0, c0, reverse, True, batch_sizes, w_hr.detach())
+    torch.library.opcheck(
+        OPS.lstm_backward.default,
+        (torch.randn_like(y), torch.randn_like(hn), None, torch.randn_like(cells), x, w_ih, w_hh, h0, c0, y,
+         gates, cells, reverse, save, batch_sizes, w_hr.detach()),
+    )
+
+
+def test_opcheck_composite_dense():
+    args = make_inputs(3, 2, 3, 4)
+    torch.library.opcheck(OPS.lstm_forward_composite.default, (*args, True))
+
+
+def test_gradgradcheck_packed_projected_reverse_cells():
+    args, batch_sizes, w_hr = _packed_projected_inputs(requires_grad=True)
+
+    def f(*a):
+        return lstm_ops.lstm_layer(*a[:6], reverse=True, batch_sizes=batch_sizes, w_hr=a[6], return_cells=True)
+
+    assert torch.autograd.gradgradcheck(f, (*args, w_hr))
+
+
+def test_double_backward_with_no_steps():
+    x, w_ih, w_hh, b, h0, c0 = (leaf(t) for t in make_inputs(0, 2, 3, 4))
+    _, hn, cn = lstm_ops.lstm_layer(x, w_ih, w_hh, b, h0, c0)
+    (g,) = torch.autograd.grad(hn.pow(2).sum() + cn.sum(), h0, create_graph=True)
+    (gg,) = torch.autograd.grad(g.sum(), h0)
+    torch.testing.assert_close(gg, torch.full_like(h0, 2.0))

@@ -16,13 +16,15 @@ namespace lstm_ext {
 namespace {
 
 using at::Tensor;
-using OptTensor = std::optional<Tensor>;
 
 std::tuple<Tensor, Tensor, Tensor, Tensor> lstm_forward_composite(
     const Tensor& x, const Tensor& w_ih, const Tensor& w_hh, const OptTensor& bias,
     const Tensor& h0, const Tensor& c0, bool reverse, const OptTensor& batch_sizes,
     const OptTensor& w_hr) {
   const LstmDims d = check_lstm_forward_args(x, w_ih, w_hh, bias, h0, c0, batch_sizes, w_hr);
+  if (d.seq.T == 0) {  // nothing to loop over (and at::cat takes no empty list)
+    return {x.new_empty(d.seq.shape(d.P)), h0.clone(), c0.clone(), x.new_empty(d.seq.shape(d.H))};
+  }
   const StepLayout layout = make_step_layout(d.seq, batch_sizes);
   const Tensor x2d = x.reshape({d.seq.N, d.I});
   const Tensor projected_x = present(bias) ? at::addmm(*bias, x2d, w_ih.t()) : at::mm(x2d, w_ih.t());

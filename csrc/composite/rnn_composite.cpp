@@ -12,13 +12,15 @@ namespace lstm_ext {
 namespace {
 
 using at::Tensor;
-using OptTensor = std::optional<Tensor>;
 
 std::tuple<Tensor, Tensor> rnn_forward_composite(const Tensor& x, const Tensor& w_ih,
                                                  const Tensor& w_hh, const OptTensor& bias,
                                                  const Tensor& h0, bool reverse, bool relu,
                                                  const OptTensor& batch_sizes) {
   const RnnDims d = check_rnn_forward_args(x, w_ih, w_hh, bias, h0, batch_sizes);
+  if (d.seq.T == 0) {  // nothing to loop over (and at::cat takes no empty list)
+    return {x.new_empty(d.seq.shape(d.H)), h0.clone()};
+  }
   const StepLayout layout = make_step_layout(d.seq, batch_sizes);
   const Tensor x2d = x.reshape({d.seq.N, d.I});
   const Tensor projected_x = present(bias) ? at::addmm(*bias, x2d, w_ih.t()) : at::mm(x2d, w_ih.t());

@@ -4,6 +4,8 @@
 
 #include <ATen/ATen.h>
 
+#include "tensor_args.h"
+
 namespace lstm_ext {
 
 // The running state [B,·] after a step that updated only its first `rows`
@@ -13,7 +15,5 @@ inline at::Tensor with_first_rows(const at::Tensor& updated, const at::Tensor& s
   const int64_t B = state.size(0);
   return rows == B ? updated : at::cat({updated, state.narrow(0, rows, B - rows)}, 0);
 }
-
-inline bool present(const std::optional<at::Tensor>& t) { return t.has_value() && t->defined(); }
 
 }  // namespace lstm_ext

@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include "checks.h"
+#include "tensor_args.h"
 #include "cpu/lstm_sequence.h"
 #include "cpu/previous_state.h"
 #include "step_layout.h"
@@ -16,31 +17,13 @@ namespace lstm_ext::cpu {
 namespace {
 
 using at::Tensor;
-using OptTensor = std::optional<Tensor>;
-
-bool present(const OptTensor& t) { return t.has_value() && t->defined(); }
-
-OptTensor contiguous_or_none(const OptTensor& t) {
-  if (!present(t)) return std::nullopt;
-  return t->contiguous();
-}
-
-template <typename scalar_t>
-scalar_t* ptr_or_null(const OptTensor& t) {
-  return present(t) ? t->data_ptr<scalar_t>() : nullptr;
-}
 
 // x W_ih^T + bias for all N rows at once, into a fresh [N,4H] buffer that the
 // time loop accumulates the recurrent product into.
 Tensor input_projection(const Tensor& x, const Tensor& w_ih, const OptTensor& bias,
                         const LstmDims& d) {
   Tensor gates = at::empty({d.seq.N, 4 * d.H}, x.options());
-  const Tensor x2d = x.view({d.seq.N, d.I});
-  if (present(bias)) {
-    at::addmm_out(gates, *bias, x2d, w_ih.t());
-  } else {
-    at::mm_out(gates, x2d, w_ih.t());
-  }
+  input_projection_out(gates, x.view({d.seq.N, d.I}), w_ih, bias);
   return gates;
 }
 
@@ -74,18 +57,6 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_cpu(
   if (!save_for_backward) gates = at::empty({0}, opts);
   else gates = gates.view(d.seq.shape(4 * d.H));
   return {y, h_state, c_state, gates, cells};
-}
-
-// A fresh, writable copy of an optional state gradient (zeros when absent):
-// the backward loop accumulates into it in place.
-Tensor state_grad_buffer(const OptTensor& g, const Tensor& like) {
-  Tensor buf = at::empty(like.sizes(), like.options());
-  if (present(g)) {
-    buf.copy_(*g);
-  } else {
-    buf.zero_();
-  }
-  return buf;
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_cpu(

@@ -1,27 +1,14 @@
 #include "cpu/lstm_sequence.h"
 
-#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstring>
 
 #include "cpu/blas.h"
 #include "cpu/lstm_cell.h"
+#include "cpu/parallel_rows.h"
 
 namespace lstm_ext::cpu {
-namespace {
-
-// Below this many elements per thread, forking costs more than the
-// elementwise work it would split.
-constexpr int64_t kElementsPerThread = 16384;
-
-template <typename F>
-void for_rows(int64_t begin, int64_t end, int64_t H, const F& f) {
-  if (begin >= end) return;
-  at::parallel_for(begin, end, std::max<int64_t>(1, kElementsPerThread / H), f);
-}
-
-}  // namespace
 
 template <typename scalar_t>
 void lstm_forward_loop(const StepLayout& layout, bool reverse, bool save, int64_t H, int64_t P,

@@ -10,6 +10,7 @@
 
 #include "cpu/rnn_sequence.h"
 #include "rnn_checks.h"
+#include "tensor_args.h"
 #include "cpu/previous_state.h"
 #include "step_layout.h"
 
@@ -17,11 +18,6 @@ namespace lstm_ext::cpu {
 namespace {
 
 using at::Tensor;
-
-std::optional<Tensor> contiguous_or_none(const std::optional<Tensor>& t) {
-  if (!t.has_value() || !t->defined()) return std::nullopt;
-  return t->contiguous();
-}
 
 std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& x_in, const Tensor& w_ih_in,
                                            const Tensor& w_hh_in,
@@ -37,12 +33,7 @@ std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& x_in, const Tensor& w_i
   // the recurrent product and applies the activation in place.
   Tensor y = at::empty(s.shape(d.H), x.options());
   Tensor y2d = y.view({s.N, d.H});
-  const Tensor x2d = x.view({s.N, d.I});
-  if (bias.has_value() && bias->defined()) {
-    at::addmm_out(y2d, *bias, x2d, w_ih.t());
-  } else {
-    at::mm_out(y2d, x2d, w_ih.t());
-  }
+  input_projection_out(y2d, x.view({s.N, d.I}), w_ih, bias);
   Tensor h_state = h0.clone(at::MemoryFormat::Contiguous);
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnn_forward_cpu", [&] {
@@ -69,12 +60,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
 
   // Gradient at the carried state: starts as grad_h_n (zero when absent),
   // ends as grad_h0.
-  Tensor grad_h = at::empty({s.B, d.H}, opts);
-  if (grad_h_n.has_value() && grad_h_n->defined()) {
-    grad_h.copy_(*grad_h_n);
-  } else {
-    grad_h.zero_();
-  }
+  Tensor grad_h = state_grad_buffer(grad_h_n, h0);
   Tensor d_pre = at::empty({s.N, d.H}, opts);
   Tensor h_prev = at::empty({s.N, d.H}, opts);
 

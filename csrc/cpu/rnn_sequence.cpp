@@ -1,25 +1,18 @@
 #include "cpu/rnn_sequence.h"
 
-#include <ATen/Parallel.h>
 
 #include <algorithm>
 
 #include "cpu/blas.h"
+#include "cpu/parallel_rows.h"
 #include "cpu/rnn_cell.h"
 
 namespace lstm_ext::cpu {
 namespace {
 
-// Below this many elements per thread, forking costs more than the
-// elementwise work it would split.
-constexpr int64_t kElementsPerThread = 16384;
-
-int64_t rows_per_task(int64_t H) { return std::max<int64_t>(1, kElementsPerThread / H); }
-
 template <typename scalar_t, bool Relu>
 void forward_loop(const StepLayout& L, int64_t H, bool reverse, const scalar_t* w_hh,
                   scalar_t* y, scalar_t* h_state) {
-  const int64_t grain = rows_per_task(H);
   for (int64_t s = 0; s < L.steps(); ++s) {
     const int64_t t = L.time_at(s, reverse);
     const int64_t rows = L.rows(t);
@@ -27,7 +20,7 @@ void forward_loop(const StepLayout& L, int64_t H, bool reverse, const scalar_t* 
     // y_t += h_{t-1} W_hh^T for the live rows.
     gemm<scalar_t>(false, true, rows, H, H, scalar_t(1), h_state, H, w_hh, H, scalar_t(1), y_t,
                    H);
-    at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    for_rows(0, rows, H, [&](int64_t begin, int64_t end) {
       rnn_cell_forward<scalar_t, Relu>(begin, end, H, y_t, h_state);
     });
   }
@@ -37,13 +30,12 @@ template <typename scalar_t, bool Relu>
 void backward_loop(const StepLayout& L, int64_t H, bool reverse, const scalar_t* w_hh,
                    const scalar_t* y, const scalar_t* grad_y, scalar_t* grad_h,
                    scalar_t* d_pre) {
-  const int64_t grain = rows_per_task(H);
   for (int64_t s = L.steps() - 1; s >= 0; --s) {
     const int64_t t = L.time_at(s, reverse);
     const int64_t rows = L.rows(t);
     const int64_t off = L.offset(t) * H;
     scalar_t* d_pre_t = d_pre + off;
-    at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
+    for_rows(0, rows, H, [&](int64_t begin, int64_t end) {
       rnn_cell_backward<scalar_t, Relu>(begin, end, H, y + off, grad_y ? grad_y + off : nullptr,
                                         grad_h, d_pre_t);
     });
