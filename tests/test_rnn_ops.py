@@ -601,3 +601,8 @@ def test_backward_op_refuses_to_be_differentiated():
     grads = torch.ops.lstm_ext.rnn_backward(torch.ones_like(y), None, x, w_ih, w_hh, h0, y, False, False, True)
     with pytest.raises(RuntimeError, match=r"not differentiable"):
         grads[1].sum().backward()
+
+
+def test_opcheck_composite_dense():
+    args = make_inputs(3, 2, 3, 4)[:5]
+    torch.library.opcheck(torch.ops.lstm_ext.rnn_forward_composite.default, (*args, True, False))
