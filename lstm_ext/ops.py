@@ -6,7 +6,7 @@ kernel. The fake kernels give shapes only, so ``torch.compile`` and
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 from torch import Tensor

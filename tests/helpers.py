@@ -155,3 +155,28 @@ def assert_message(exc, *patterns):
     msg = str(exc)
     for p in patterns:
         assert re.search(p, msg), f"message {msg!r} does not match {p!r}"
+
+
+def module_pair(ref_cls, ext_cls, *args, device="cpu", dtype=torch.float32, **kwargs):
+    """(a torch.nn module, its lstm_ext twin) built alike, with identical parameters."""
+    ref = ref_cls(*args, device=device, dtype=dtype, **kwargs)
+    ext = ext_cls(*args, device=device, dtype=dtype, **kwargs)
+    return ref, copy_params(ref, ext)
+
+
+def backprop(outs, wrt, seed=1234):
+    """Gradients of sum_k <cot_k, outs[k]> w.r.t. every tensor in ``wrt`` (dicts);
+    the cotangents depend only on ``seed`` and the output shapes."""
+    g = torch.Generator().manual_seed(seed)
+    cots = [torch.randn(o.shape, generator=g, dtype=o.dtype).to(o.device) for o in outs.values()]
+    grads = torch.autograd.grad(list(outs.values()), list(wrt.values()), cots, allow_unused=True)
+    for name, gr in zip(wrt, grads):
+        assert gr is not None, f"no gradient reached {name}"
+    return dict(zip(wrt, grads))
+
+
+def assert_dicts_close(got, exp, tol, label):
+    assert list(got) == list(exp)
+    for k in got:
+        assert got[k].shape == exp[k].shape, (label, k, got[k].shape, exp[k].shape)
+        assert_close(got[k], exp[k], f"{label} {k}", **tol)

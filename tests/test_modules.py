@@ -7,24 +7,19 @@ import torch
 from torch import nn
 
 import lstm_ext
-from helpers import (assert_close, assert_results_close, copy_params, forward_backward, layout,
-                     leaf, tols)
+from helpers import (assert_close, assert_results_close, copy_params, forward_backward, layout, leaf, module_pair, tols)
 from reference import lstm_cell_ref, lstm_ref
 
 F32, F64 = torch.float32, torch.float64
 
 
-def make_pair(*args, device="cpu", dtype=F32, **kwargs):
+def make_pair(*args, **kwargs):
     """(torch.nn.LSTM, lstm_ext.LSTM) with identical parameters."""
-    ref = nn.LSTM(*args, device=device, dtype=dtype, **kwargs)
-    ext = lstm_ext.LSTM(*args, device=device, dtype=dtype, **kwargs)
-    return ref, copy_params(ref, ext)
+    return module_pair(nn.LSTM, lstm_ext.LSTM, *args, **kwargs)
 
 
-def make_cell_pair(*args, device="cpu", dtype=F32, **kwargs):
-    ref = nn.LSTMCell(*args, device=device, dtype=dtype, **kwargs)
-    ext = lstm_ext.LSTMCell(*args, device=device, dtype=dtype, **kwargs)
-    return ref, copy_params(ref, ext)
+def make_cell_pair(*args, **kwargs):
+    return module_pair(nn.LSTMCell, lstm_ext.LSTMCell, *args, **kwargs)
 
 
 def randn(*shape, device="cpu", dtype=F32):

@@ -12,36 +12,16 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import lstm_ext
-from helpers import assert_close, assert_message, copy_params, leaf, shape_re, tols
+from helpers import (assert_close, assert_dicts_close, assert_message, backprop, leaf, module_pair, shape_re, tols)
 
 F32, F64 = torch.float32, torch.float64
 # torch.nn.LSTM (the reference) warns that oneDNN has no projections; not ours to test.
 pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported:UserWarning")
 
 
-def make_pair(*args, device="cpu", dtype=F32, **kwargs):
+def make_pair(*args, **kwargs):
     """(torch.nn.LSTM, lstm_ext.LSTM) with identical parameters."""
-    ref = nn.LSTM(*args, device=device, dtype=dtype, **kwargs)
-    ext = lstm_ext.LSTM(*args, device=device, dtype=dtype, **kwargs)
-    return ref, copy_params(ref, ext)
-
-
-def backprop(outs, wrt, seed=1234):
-    """Gradients of sum_k <cot_k, outs[k]> w.r.t. every tensor in ``wrt`` (a dict);
-    the cotangents depend only on ``seed`` and the output shapes."""
-    g = torch.Generator().manual_seed(seed)
-    cots = [torch.randn(o.shape, generator=g, dtype=o.dtype).to(o.device) for o in outs.values()]
-    grads = torch.autograd.grad(list(outs.values()), list(wrt.values()), cots, allow_unused=True)
-    for name, gr in zip(wrt, grads):
-        assert gr is not None, f"no gradient reached {name}"
-    return dict(zip(wrt, grads))
-
-
-def assert_dicts_close(got, exp, tol, label):
-    assert list(got) == list(exp)
-    for k in got:
-        assert got[k].shape == exp[k].shape, (label, k, got[k].shape, exp[k].shape)
-        assert_close(got[k], exp[k], f"{label} {k}", **tol)
+    return module_pair(nn.LSTM, lstm_ext.LSTM, *args, **kwargs)
 
 
 def assert_same_packing(a, b):

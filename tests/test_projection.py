@@ -10,17 +10,16 @@ import torch
 from torch import nn
 
 import lstm_ext
-from helpers import assert_close, assert_message, copy_params, leaf, num_re, shape_re, tols
+from helpers import (assert_dicts_close, assert_message, leaf, module_pair, num_re, shape_re, tols)
 
 F32, F64 = torch.float32, torch.float64
 # torch.nn.LSTM (the reference) warns that oneDNN has no projections; not ours to test.
 pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported:UserWarning")
 
 
-def make_pair(*args, device="cpu", dtype=F32, **kwargs):
-    ref = nn.LSTM(*args, device=device, dtype=dtype, **kwargs)
-    ext = lstm_ext.LSTM(*args, device=device, dtype=dtype, **kwargs)
-    return ref, copy_params(ref, ext)
+def make_pair(*args, **kwargs):
+    """(torch.nn.LSTM, lstm_ext.LSTM) with identical parameters."""
+    return module_pair(nn.LSTM, lstm_ext.LSTM, *args, **kwargs)
 
 
 def forward_backward(module, x, hx, seed=1234):
@@ -38,13 +37,6 @@ def forward_backward(module, x, hx, seed=1234):
     for name, gr in zip(wrt, grads):
         assert gr is not None, f"no gradient reached {name}"
     return {k: v.detach() for k, v in outs.items()}, dict(zip(wrt, grads))
-
-
-def assert_dicts_close(got, exp, tol, label):
-    assert list(got) == list(exp)
-    for k in got:
-        assert got[k].shape == exp[k].shape, (label, k, got[k].shape, exp[k].shape)
-        assert_close(got[k], exp[k], f"{label} {k}", **tol)
 
 
 # --- parameters ---------------------------------------------------------------------

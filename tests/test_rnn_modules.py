@@ -11,33 +11,18 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import lstm_ext
-from helpers import assert_close, assert_message, copy_params, leaf, num_re, shape_re, tols
+from helpers import (assert_close, assert_dicts_close, assert_message, backprop, copy_params, leaf, module_pair, num_re, shape_re, tols)
 
 F32, F64 = torch.float32, torch.float64
 
 
-def make_pair(*args, device="cpu", dtype=F32, **kwargs):
+def make_pair(*args, **kwargs):
     """(torch.nn.RNN, lstm_ext.RNN) with identical parameters."""
-    ref = nn.RNN(*args, device=device, dtype=dtype, **kwargs)
-    ext = lstm_ext.RNN(*args, device=device, dtype=dtype, **kwargs)
-    return ref, copy_params(ref, ext)
+    return module_pair(nn.RNN, lstm_ext.RNN, *args, **kwargs)
 
 
-def make_cell_pair(*args, device="cpu", dtype=F32, **kwargs):
-    ref = nn.RNNCell(*args, device=device, dtype=dtype, **kwargs)
-    ext = lstm_ext.RNNCell(*args, device=device, dtype=dtype, **kwargs)
-    return ref, copy_params(ref, ext)
-
-
-def backprop(outs, wrt, seed=1234):
-    """Gradients of sum_k <cot_k, outs[k]> w.r.t. every tensor in ``wrt``; the
-    cotangents depend only on ``seed`` and the output shapes."""
-    g = torch.Generator().manual_seed(seed)
-    cots = [torch.randn(o.shape, generator=g, dtype=o.dtype).to(o.device) for o in outs.values()]
-    grads = torch.autograd.grad(list(outs.values()), list(wrt.values()), cots, allow_unused=True)
-    for name, gr in zip(wrt, grads):
-        assert gr is not None, f"no gradient reached {name}"
-    return dict(zip(wrt, grads))
+def make_cell_pair(*args, **kwargs):
+    return module_pair(nn.RNNCell, lstm_ext.RNNCell, *args, **kwargs)
 
 
 def rnn_forward_backward(module, x, hx=None, lengths=None, enforce_sorted=True):
@@ -52,13 +37,6 @@ def rnn_forward_backward(module, x, hx=None, lengths=None, enforce_sorted=True):
     wrt.update(module.named_parameters())
     grads = backprop(outs, wrt)
     return out, {k: v.detach() for k, v in outs.items()}, grads
-
-
-def assert_dicts_close(got, exp, tol, label):
-    assert list(got) == list(exp)
-    for k in got:
-        assert got[k].shape == exp[k].shape, (label, k, got[k].shape, exp[k].shape)
-        assert_close(got[k], exp[k], f"{label} {k}", **tol)
 
 
 def assert_pair_close(got, exp, dtype, label=""):

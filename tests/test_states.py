@@ -16,7 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import lstm_ext
 import lstm_ext.modules
-from helpers import assert_close, copy_params, leaf, tols
+from helpers import (assert_close, assert_dicts_close, copy_params, leaf, tols)
 
 F32, F64 = torch.float32, torch.float64
 # torch.nn.LSTM (the reference) warns that oneDNN has no projections; not ours to test.
@@ -83,13 +83,6 @@ def grads_of(outputs, wrt: dict, cots):
     for name, g in zip(wrt, grads):
         assert g is not None, f"no gradient reached {name}"
     return dict(zip(wrt, grads))
-
-
-def assert_dicts_close(got, exp, tol, label):
-    assert list(got) == list(exp)
-    for k in got:
-        assert got[k].shape == exp[k].shape, (label, k, got[k].shape, exp[k].shape)
-        assert_close(got[k], exp[k], f"{label} {k}", **tol)
 
 
 def to_time_major(t, layout):
