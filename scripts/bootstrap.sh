@@ -57,7 +57,18 @@ if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then
 fi
 pip_install() {
   say "pip install $*"
-  PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install --disable-pip-version-check -q "$@"
+  local log
+  log=$(mktemp)
+  if ! PIP_ROOT_USER_ACTION=ignore "$PYTHON" -m pip install --disable-pip-version-check -q "$@" 2>"$log"; then
+    cat "$log" >&2
+    if grep -q "externally-managed-environment" "$log"; then
+      echo "[bootstrap] $PYTHON is managed by the system package manager and refuses pip installs." >&2
+      echo "[bootstrap] Use a virtual environment:  python3 -m venv .venv && make test PYTHON=.venv/bin/python" >&2
+    fi
+    rm -f "$log"
+    exit 1
+  fi
+  rm -f "$log"
 }
 
 # 1. torch -------------------------------------------------------------------
