@@ -29,10 +29,9 @@ inline Vec<T> sigmoid(Vec<T> x) {
 //   c_state [B,H]  in: c_{t-1}; out: c_t.
 //   c_save  [B,H]  out: c_t as well, or null.
 //   h_out   [B,H]  out: o * tanh(c_t).
-//   h_out2  [B,H]  out: the same again, or null (the running state buffer).
 template <typename T>
 void lstm_cell_forward(int64_t row_begin, int64_t row_end, int64_t H, T* gates, T* c_state,
-                       T* c_save, T* h_out, T* h_out2, bool save_gates) {
+                       T* c_save, T* h_out, bool save_gates) {
   constexpr int64_t W = Vec<T>::size();
   for (int64_t b = row_begin; b < row_end; ++b) {
     T* g = gates + b * 4 * H;
@@ -48,7 +47,6 @@ void lstm_cell_forward(int64_t row_begin, int64_t row_end, int64_t H, T* gates, 
       c.store(c_state + r + j, n);
       if (c_save) c.store(c_save + r + j, n);
       h.store(h_out + r + j, n);
-      if (h_out2) h.store(h_out2 + r + j, n);
       if (save_gates) {
         i.store(g + j, n);
         f.store(g + H + j, n);

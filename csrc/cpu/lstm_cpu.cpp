@@ -41,22 +41,25 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_cpu(
   Tensor gates = input_projection(x, w_ih, bias, d);
   Tensor y = at::empty(d.seq.shape(d.P), opts);
   Tensor cells = save_for_backward ? at::empty(d.seq.shape(d.H), opts) : at::empty({0}, opts);
-  // The running state: starts as (h0, c0), ends as (h_n, c_n).
-  Tensor h_state = h0.contiguous().clone();
+  // c_state starts as c0 and ends as c_n; h_n is gathered from y afterwards.
+  const Tensor h0c = h0.contiguous();
   Tensor c_state = c0.contiguous().clone();
+  Tensor h_n = at::empty({d.seq.B, d.P}, opts);
   Tensor h_raw = d.projected ? at::empty({d.seq.B, d.H}, opts) : Tensor();
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_forward_cpu", [&] {
     lstm_forward_loop<scalar_t>(
         layout, reverse, save_for_backward, d.H, d.P, w_hh.data_ptr<scalar_t>(),
         ptr_or_null<scalar_t>(w_hr), gates.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
-        save_for_backward ? cells.data_ptr<scalar_t>() : nullptr, h_state.data_ptr<scalar_t>(),
+        save_for_backward ? cells.data_ptr<scalar_t>() : nullptr, h0c.data_ptr<scalar_t>(),
         c_state.data_ptr<scalar_t>(), d.projected ? h_raw.data_ptr<scalar_t>() : nullptr);
+    gather_final_state<scalar_t>(layout, reverse, d.P, y.data_ptr<scalar_t>(),
+                                 h0c.data_ptr<scalar_t>(), h_n.data_ptr<scalar_t>());
   });
 
   if (!save_for_backward) gates = at::empty({0}, opts);
   else gates = gates.view(d.seq.shape(4 * d.H));
-  return {y, h_state, c_state, gates, cells};
+  return {y, h_n, c_state, gates, cells};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_cpu(

@@ -7,32 +7,30 @@
 #include "cpu/blas.h"
 #include "cpu/lstm_cell.h"
 #include "cpu/parallel_rows.h"
+#include "cpu/previous_state.h"
 
 namespace lstm_ext::cpu {
 
 template <typename scalar_t>
 void lstm_forward_loop(const StepLayout& layout, bool reverse, bool save, int64_t H, int64_t P,
                        const scalar_t* w_hh, const scalar_t* w_hr, scalar_t* gates, scalar_t* y,
-                       scalar_t* cells, scalar_t* h_state, scalar_t* c_state, scalar_t* h_raw) {
+                       scalar_t* cells, const scalar_t* h0, scalar_t* c_state, scalar_t* h_raw) {
   const int64_t G = 4 * H;
   for (int64_t s = 0; s < layout.steps(); ++s) {
     const int64_t t = layout.time_at(s, reverse);
     const int64_t rows = layout.rows(t), off = layout.offset(t);
     scalar_t* gates_t = gates + off * G;
     scalar_t* y_t = y + off * P;
-    // gates_t += h_{t-1} W_hh^T
-    gemm<scalar_t>(false, true, rows, G, P, scalar_t(1), h_state, P, w_hh, P, scalar_t(1), gates_t,
-                   G);
+    // gates_t += h_{t-1} W_hh^T, h_{t-1} read where it lives (y or h0).
+    add_recurrent_product<scalar_t>(layout, t, reverse, P, G, y, h0, w_hh, gates_t);
     scalar_t* c_save = save ? cells + off * H : nullptr;
     scalar_t* h_out = w_hr ? h_raw : y_t;
-    scalar_t* h_out2 = w_hr ? nullptr : h_state;
     for_rows(0, rows, H, [&](int64_t begin, int64_t end) {
-      lstm_cell_forward<scalar_t>(begin, end, H, gates_t, c_state, c_save, h_out, h_out2, save);
+      lstm_cell_forward<scalar_t>(begin, end, H, gates_t, c_state, c_save, h_out, save);
     });
     if (w_hr) {
-      // h_t = h_raw W_hr^T, the state the next step reads.
+      // h_t = h_raw W_hr^T
       gemm<scalar_t>(false, true, rows, P, H, scalar_t(1), h_raw, H, w_hr, H, scalar_t(0), y_t, P);
-      std::memcpy(h_state, y_t, sizeof(scalar_t) * rows * P);
     }
   }
 }
@@ -87,7 +85,7 @@ void lstm_backward_loop(const StepLayout& layout, bool reverse, int64_t H, int64
 
 #define LSTM_EXT_INSTANTIATE(T)                                                                  \
   template void lstm_forward_loop<T>(const StepLayout&, bool, bool, int64_t, int64_t, const T*, \
-                                     const T*, T*, T*, T*, T*, T*, T*);                         \
+                                     const T*, T*, T*, T*, const T*, T*, T*);                         \
   template void lstm_backward_loop<T>(const StepLayout&, bool, int64_t, int64_t, const T*,      \
                                       const T*, const T*, const T*, const T*, const T*,         \
                                       const T*, T*, T*, T*, T*, T*, T*);

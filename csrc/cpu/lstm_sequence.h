@@ -23,13 +23,13 @@ namespace lstm_ext::cpu {
 //                 otherwise clobbered.
 // y       [N,P]   out: h_t.
 // cells   [N,H]   out: c_t when save; null otherwise.
-// h_state [B,P]   in: h0; out: h_n (each row's state after its last step).
+// h0      [B,P]   initial hidden state (read only; h_n is gathered from y).
 // c_state [B,H]   in: c0; out: c_n.
 // h_raw   [B,H]   scratch for o * tanh(c_t) before projection; null without w_hr.
 template <typename scalar_t>
 void lstm_forward_loop(const StepLayout& layout, bool reverse, bool save, int64_t H, int64_t P,
                        const scalar_t* w_hh, const scalar_t* w_hr, scalar_t* gates, scalar_t* y,
-                       scalar_t* cells, scalar_t* h_state, scalar_t* c_state, scalar_t* h_raw);
+                       scalar_t* cells, const scalar_t* h0, scalar_t* c_state, scalar_t* h_raw);
 
 // w_hh, w_hr  as in forward.
 // gates       [N,4H] saved activations; cells [N,H] saved c_t; c0 [B,H].

@@ -17,19 +17,17 @@
 
 namespace lstm_ext::cpu {
 
-// Forward activation, in place, with a copy into the carried state.
+// Forward activation, in place.
 //   y_t     [R,H]  in: pre-activations (x W_ih^T + bias + h_{t-1} W_hh^T);
 //                  out: h_t = act(pre).
-//   h_state [R,H]  out: h_t again (the state the next step reads).
 // act is relu (NaN-propagating, as torch.relu) or tanh.
 template <typename T, bool Relu>
-void rnn_cell_forward(int64_t row_begin, int64_t row_end, int64_t H, T* y_t, T* h_state) {
+void rnn_cell_forward(int64_t row_begin, int64_t row_end, int64_t H, T* y_t) {
   using V = at::vec::Vectorized<T>;
   constexpr int64_t W = V::size();
   const V zero(T(0));
   for (int64_t r = row_begin; r < row_end; ++r) {
     T* y = y_t + r * H;
-    T* h = h_state + r * H;
     for (int64_t j = 0; j < H; j += W) {
       const int64_t n = std::min<int64_t>(W, H - j);
       const V pre = V::loadu(y + j, n);
@@ -40,7 +38,6 @@ void rnn_cell_forward(int64_t row_begin, int64_t row_end, int64_t H, T* y_t, T* 
         out = pre.tanh();
       }
       out.store(y + j, n);
-      out.store(h + j, n);
     }
   }
 }

@@ -34,13 +34,16 @@ std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& x_in, const Tensor& w_i
   Tensor y = at::empty(s.shape(d.H), x.options());
   Tensor y2d = y.view({s.N, d.H});
   input_projection_out(y2d, x.view({s.N, d.I}), w_ih, bias);
-  Tensor h_state = h0.clone(at::MemoryFormat::Contiguous);
+  const Tensor h0c = h0.contiguous();
+  Tensor h_n = at::empty({s.B, d.H}, x.options());
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnn_forward_cpu", [&] {
     rnn_forward_loop<scalar_t>(L, d.H, reverse, relu, w_hh.data_ptr<scalar_t>(),
-                               y.data_ptr<scalar_t>(), h_state.data_ptr<scalar_t>());
+                               h0c.data_ptr<scalar_t>(), y.data_ptr<scalar_t>());
+    gather_final_state<scalar_t>(L, reverse, d.H, y.data_ptr<scalar_t>(), h0c.data_ptr<scalar_t>(),
+                                 h_n.data_ptr<scalar_t>());
   });
-  return {y, h_state};
+  return {y, h_n};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(

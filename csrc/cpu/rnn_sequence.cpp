@@ -5,6 +5,7 @@
 
 #include "cpu/blas.h"
 #include "cpu/parallel_rows.h"
+#include "cpu/previous_state.h"
 #include "cpu/rnn_cell.h"
 
 namespace lstm_ext::cpu {
@@ -12,16 +13,15 @@ namespace {
 
 template <typename scalar_t, bool Relu>
 void forward_loop(const StepLayout& L, int64_t H, bool reverse, const scalar_t* w_hh,
-                  scalar_t* y, scalar_t* h_state) {
+                  const scalar_t* h0, scalar_t* y) {
   for (int64_t s = 0; s < L.steps(); ++s) {
     const int64_t t = L.time_at(s, reverse);
     const int64_t rows = L.rows(t);
     scalar_t* y_t = y + L.offset(t) * H;
-    // y_t += h_{t-1} W_hh^T for the live rows.
-    gemm<scalar_t>(false, true, rows, H, H, scalar_t(1), h_state, H, w_hh, H, scalar_t(1), y_t,
-                   H);
+    // y_t += h_{t-1} W_hh^T for the live rows, h_{t-1} read where it lives.
+    add_recurrent_product<scalar_t>(L, t, reverse, H, H, y, h0, w_hh, y_t);
     for_rows(0, rows, H, [&](int64_t begin, int64_t end) {
-      rnn_cell_forward<scalar_t, Relu>(begin, end, H, y_t, h_state);
+      rnn_cell_forward<scalar_t, Relu>(begin, end, H, y_t);
     });
   }
 }
@@ -50,11 +50,11 @@ void backward_loop(const StepLayout& L, int64_t H, bool reverse, const scalar_t*
 
 template <typename scalar_t>
 void rnn_forward_loop(const StepLayout& L, int64_t H, bool reverse, bool relu,
-                      const scalar_t* w_hh, scalar_t* y, scalar_t* h_state) {
+                      const scalar_t* w_hh, const scalar_t* h0, scalar_t* y) {
   if (relu) {
-    forward_loop<scalar_t, true>(L, H, reverse, w_hh, y, h_state);
+    forward_loop<scalar_t, true>(L, H, reverse, w_hh, h0, y);
   } else {
-    forward_loop<scalar_t, false>(L, H, reverse, w_hh, y, h_state);
+    forward_loop<scalar_t, false>(L, H, reverse, w_hh, h0, y);
   }
 }
 
@@ -70,9 +70,9 @@ void rnn_backward_loop(const StepLayout& L, int64_t H, bool reverse, bool relu,
 }
 
 template void rnn_forward_loop<float>(const StepLayout&, int64_t, bool, bool, const float*,
-                                      float*, float*);
+                                      const float*, float*);
 template void rnn_forward_loop<double>(const StepLayout&, int64_t, bool, bool, const double*,
-                                       double*, double*);
+                                       const double*, double*);
 template void rnn_backward_loop<float>(const StepLayout&, int64_t, bool, bool, const float*,
                                        const float*, const float*, float*, float*);
 template void rnn_backward_loop<double>(const StepLayout&, int64_t, bool, bool, const double*,

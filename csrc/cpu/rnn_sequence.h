@@ -21,12 +21,12 @@ namespace lstm_ext::cpu {
 
 // w_hh    [H,H]  recurrent weights (read only).
 // y       [N,H]  in: x W_ih^T + bias for every row; out: h_t.
-// h_state [B,H]  in: h0; out: h_n, every sequence's state at its own last
-//                visited step. Step t reads and writes only rows [0, rows(t)),
-//                so in reverse a sequence that starts later starts from h0.
+// h0      [B,H]  initial state (read only); h_{t-1} is read from y or h0
+//                where it lives (cpu/previous_state.h), and h_n is gathered
+//                from y afterwards.
 template <typename scalar_t>
 void rnn_forward_loop(const StepLayout& L, int64_t H, bool reverse, bool relu,
-                      const scalar_t* w_hh, scalar_t* y, scalar_t* h_state);
+                      const scalar_t* w_hh, const scalar_t* h0, scalar_t* y);
 
 // Visits the steps in the opposite order to the forward.
 // w_hh    [H,H]  recurrent weights.
