@@ -29,6 +29,20 @@ def check_like_x(op: str, x: Tensor, **tensors: Optional[Tensor]) -> None:
             raise RuntimeError(f"{op}: {name}: expected dtype {x.dtype} (the dtype of x), got {t.dtype}")
 
 
+def fake_layer_grads(x: Tensor, w_ih: Tensor, w_hh: Tensor, h0: Tensor, need_grad_x: bool) -> tuple:
+    """Fake (grad_x, grad_w_ih, grad_w_hh, grad_bias, grad_h0), the outputs the
+    LSTM and RNN backward ops share. The real kernels return fresh contiguous
+    tensors whatever the inputs' strides, so these use new_empty(shape), never
+    empty_like; grad_x is an empty [0] tensor when not needed."""
+    return (
+        x.new_empty(x.shape) if need_grad_x else x.new_empty((0,)),
+        w_ih.new_empty(w_ih.shape),
+        w_hh.new_empty(w_hh.shape),
+        w_hh.new_empty((w_hh.shape[0],)),
+        h0.new_empty(h0.shape),
+    )
+
+
 def differentiable_grads(
     needs_input_grad: Sequence[bool],
     inputs: Sequence[Optional[Tensor]],

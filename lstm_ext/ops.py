@@ -12,7 +12,13 @@ import torch
 from torch import Tensor
 
 from . import _C  # noqa: F401  (loads the library that registers the ops)
-from ._autograd import check_like_x, differentiable_grads, needs_grad, register_opaque_backward
+from ._autograd import (
+    check_like_x,
+    differentiable_grads,
+    fake_layer_grads,
+    needs_grad,
+    register_opaque_backward,
+)
 
 __all__ = ["lstm_layer", "SUPPORTED_DEVICE_TYPES"]
 
@@ -92,15 +98,8 @@ def _lstm_backward_fake(
         "lstm_backward", x, grad_y=grad_y, grad_h_n=grad_h_n, grad_c_n=grad_c_n, grad_cells=grad_cells,
         w_ih=w_ih, w_hh=w_hh, h0=h0, c0=c0, y=y, gates=gates, cells=cells, w_hr=w_hr,
     )
-    # The real kernels return fresh contiguous tensors whatever the inputs'
-    # strides, so the fakes use new_empty(shape), never empty_like.
-    grad_x = x.new_empty(x.shape) if need_grad_x else x.new_empty((0,))
     return (
-        grad_x,
-        w_ih.new_empty(w_ih.shape),
-        w_hh.new_empty(w_hh.shape),
-        w_hh.new_empty((w_hh.shape[0],)),
-        h0.new_empty(h0.shape),
+        *fake_layer_grads(x, w_ih, w_hh, h0, need_grad_x),
         c0.new_empty(c0.shape),
         w_hr.new_empty(w_hr.shape) if w_hr is not None else x.new_empty((0,)),
     )

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from . import _C  # noqa: F401  (loads the library that registers the ops)
-from ._autograd import check_like_x, differentiable_grads, register_opaque_backward
+from ._autograd import check_like_x, differentiable_grads, fake_layer_grads, register_opaque_backward
 
 __all__ = ["rnn_layer"]
 
@@ -67,14 +67,7 @@ def _rnn_backward_fake(grad_y, grad_h_n, x, w_ih, w_hh, h0, y, reverse, relu, ne
                        batch_sizes=None):
     check_like_x("rnn_backward", x, grad_y=grad_y, grad_h_n=grad_h_n, w_ih=w_ih, w_hh=w_hh,
                   h0=h0, y=y)
-    grad_x = x.new_empty(x.shape) if need_grad_x else x.new_empty((0,))
-    return (
-        grad_x,
-        w_ih.new_empty(w_ih.shape),
-        w_hh.new_empty(w_hh.shape),
-        w_hh.new_empty((w_hh.shape[0],)),
-        h0.new_empty(h0.shape),
-    )
+    return fake_layer_grads(x, w_ih, w_hh, h0, need_grad_x)
 
 
 def _setup_context(ctx, inputs, output):

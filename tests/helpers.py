@@ -164,6 +164,22 @@ def module_pair(ref_cls, ext_cls, *args, device="cpu", dtype=torch.float32, **kw
     return ref, copy_params(ref, ext)
 
 
+def assert_flatten_parameters_harmless(ext, x):
+    """flatten_parameters() is a no-op that keeps the parameters (same objects,
+    same values, same outputs), and training still updates what forward uses."""
+    before = {n: (p, p.detach().clone()) for n, p in ext.named_parameters()}
+    y0 = ext(x)[0]
+    assert ext.flatten_parameters() is None
+    for n, p in ext.named_parameters():
+        assert p is before[n][0] and torch.equal(p, before[n][1]), n
+    torch.testing.assert_close(ext(x)[0], y0, atol=0, rtol=0)
+    ext(x)[0].sum().backward()
+    with torch.no_grad():
+        for p in ext.parameters():
+            p -= 0.1 * p.grad
+    assert not torch.allclose(ext(x)[0], y0)
+
+
 def backprop(outs, wrt, seed=1234):
     """Gradients of sum_k <cot_k, outs[k]> w.r.t. every tensor in ``wrt`` (dicts);
     the cotangents depend only on ``seed`` and the output shapes."""

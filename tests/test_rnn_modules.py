@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import lstm_ext
-from helpers import (assert_close, assert_dicts_close, assert_message, backprop, copy_params, leaf, module_pair, num_re, shape_re, tols)
+from helpers import (assert_close, assert_dicts_close, assert_flatten_parameters_harmless, assert_message, backprop, copy_params, leaf, module_pair, num_re, shape_re, tols)
 
 F32, F64 = torch.float32, torch.float64
 
@@ -238,18 +238,7 @@ def test_rnn_all_weights_structure():
 
 def test_rnn_flatten_parameters_is_harmless(device):
     _, ext = make_pair(3, 4, 2, nonlinearity="relu", bidirectional=True, device=device)
-    before = {n: (p, p.detach().clone()) for n, p in ext.named_parameters()}
-    x = torch.randn(5, 2, 3, device=device)
-    y0 = ext(x)[0]
-    assert ext.flatten_parameters() is None
-    for n, p in ext.named_parameters():
-        assert p is before[n][0] and torch.equal(p, before[n][1]), n
-    torch.testing.assert_close(ext(x)[0], y0, atol=0, rtol=0)
-    ext(x)[0].sum().backward()
-    with torch.no_grad():
-        for p in ext.parameters():
-            p -= 0.1 * p.grad
-    assert not torch.allclose(ext(x)[0], y0)
+    assert_flatten_parameters_harmless(ext, torch.randn(5, 2, 3, device=device))
 
 
 # --- gradcheck --------------------------------------------------------------------------
