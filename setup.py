@@ -64,6 +64,7 @@ def _extension():
     sources = sorted(
         glob.glob(os.path.join("csrc", "*.cpp"))
         + glob.glob(os.path.join("csrc", "cpu", "*.cpp"))
+        + glob.glob(os.path.join("csrc", "cpu", "fused", "*.cpp"))
         + glob.glob(os.path.join("csrc", "composite", "*.cpp"))
     )
     sources.append(os.path.join("csrc", "python", "module.cpp"))

@@ -79,4 +79,10 @@ TORCH_LIBRARY(lstm_ext, m) {
       "Tensor h0, Tensor y, bool reverse, bool relu, bool need_grad_x, "
       "Tensor? batch_sizes=None) -> "
       "(Tensor grad_x, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_bias, Tensor grad_h0)");
+
+  // ------------------------------------------------------------- kernels
+  // Names of the CPU kernels usable in this build on this CPU, best (the
+  // default) first; the last is always "reference". LSTM_EXT_CPU_KERNEL
+  // picks one of them (csrc/cpu/kernel_select.h).
+  m.def("cpu_kernels() -> str[]");
 }

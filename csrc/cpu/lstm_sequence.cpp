@@ -3,8 +3,10 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #include "cpu/blas.h"
+#include "cpu/kernel_select.h"
 #include "cpu/lstm_cell.h"
 #include "cpu/parallel_rows.h"
 #include "cpu/previous_state.h"
@@ -15,6 +17,14 @@ template <typename scalar_t>
 void lstm_forward_loop(const StepLayout& layout, bool reverse, bool save, int64_t H, int64_t P,
                        const scalar_t* w_hh, const scalar_t* w_hr, scalar_t* gates, scalar_t* y,
                        scalar_t* cells, const scalar_t* h0, scalar_t* c_state, scalar_t* h_raw) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (const fused::Kernels* k = selected_fused_kernels()) {
+      k->lstm_forward({&layout, reverse, save, H, P, w_hh, w_hr, gates, y, cells, h0, c_state,
+                       h_raw},
+                      loop_threads(layout.batch() * 4 * H * P));
+      return;
+    }
+  }
   const int64_t G = 4 * H;
   for (int64_t s = 0; s < layout.steps(); ++s) {
     const int64_t t = layout.time_at(s, reverse);
@@ -42,6 +52,15 @@ void lstm_backward_loop(const StepLayout& layout, bool reverse, int64_t H, int64
                         const scalar_t* grad_cells, scalar_t* grad_h, scalar_t* grad_c,
                         scalar_t* grad_gates, scalar_t* grad_h_all, scalar_t* h_raw_all,
                         scalar_t* grad_h_raw) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    const fused::Kernels* k = selected_fused_kernels();
+    if (k != nullptr && w_hr == nullptr) {
+      k->lstm_backward({&layout, reverse, H, w_hh, gates, cells, c0, grad_y, grad_cells, grad_h,
+                        grad_c, grad_gates},
+                       loop_threads(layout.batch() * 4 * H * H));
+      return;
+    }
+  }
   const int64_t G = 4 * H;
   for (int64_t s = layout.steps() - 1; s >= 0; --s) {
     const int64_t t = layout.time_at(s, reverse);

@@ -2,8 +2,10 @@
 
 
 #include <algorithm>
+#include <type_traits>
 
 #include "cpu/blas.h"
+#include "cpu/kernel_select.h"
 #include "cpu/parallel_rows.h"
 #include "cpu/previous_state.h"
 #include "cpu/rnn_cell.h"
@@ -51,6 +53,12 @@ void backward_loop(const StepLayout& L, int64_t H, bool reverse, const scalar_t*
 template <typename scalar_t>
 void rnn_forward_loop(const StepLayout& L, int64_t H, bool reverse, bool relu,
                       const scalar_t* w_hh, const scalar_t* h0, scalar_t* y) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (const fused::Kernels* k = selected_fused_kernels()) {
+      k->rnn_forward({&L, reverse, relu, H, w_hh, h0, y}, loop_threads(L.batch() * H * H));
+      return;
+    }
+  }
   if (relu) {
     forward_loop<scalar_t, true>(L, H, reverse, w_hh, h0, y);
   } else {
@@ -62,6 +70,13 @@ template <typename scalar_t>
 void rnn_backward_loop(const StepLayout& L, int64_t H, bool reverse, bool relu,
                        const scalar_t* w_hh, const scalar_t* y, const scalar_t* grad_y,
                        scalar_t* grad_h, scalar_t* d_pre) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    if (const fused::Kernels* k = selected_fused_kernels()) {
+      k->rnn_backward({&L, reverse, relu, H, w_hh, y, grad_y, grad_h, d_pre},
+                      loop_threads(L.batch() * H * H));
+      return;
+    }
+  }
   if (relu) {
     backward_loop<scalar_t, true>(L, H, reverse, w_hh, y, grad_y, grad_h, d_pre);
   } else {

@@ -1,0 +1,99 @@
+// The fused float32 recurrent kernels: torch-free entry points, one table per
+// ISA (kernels_avx512.cpp, kernels_avx2.cpp, kernels_generic.cpp).
+//
+// Each loop packs its weights once (packing.h), then runs the whole sequence
+// in one parallel region (team.h): per step, register tiles (tile.h) of the
+// recurrent product with the elementwise cell math fused into their epilogue,
+// and one barrier. No allocation and no dispatcher call in the time loop.
+// Threads split blocks of hidden units (each core keeps its share of the
+// weights in its own cache); when there are fewer blocks than threads they
+// also split rows.
+//
+// Letters and buffers are those of lstm_sequence.h / rnn_sequence.h: N rows
+// over all steps, B the widest step, H cell size, P size of h (H, or the
+// projection size), I input size. Every pointer is float32, row-major and
+// dense; no output aliases an input unless stated.
+#pragma once
+
+#include <cstdint>
+
+#include "step_layout.h"
+
+namespace lstm_ext::cpu::fused {
+
+struct LstmForwardArgs {
+  const StepLayout* layout;
+  bool reverse, save;
+  int64_t H, P;
+  const float* w_hh;  // [4H,P]
+  const float* w_hr;  // [P,H] or null (then P == H)
+  float* gates;       // [N,4H] in: x W_ih^T + b; out: activations i,f,g,o when save
+  float* y;           // [N,P]  out: h_t
+  float* cells;       // [N,H]  out: c_t when save; else null
+  const float* h0;    // [B,P]
+  float* c_state;     // [B,H]  in: c0; out: c_n
+  float* h_raw;       // [B,H]  scratch when w_hr; else null
+};
+
+// Without projection (P == H); see lstm_backward_loop.
+struct LstmBackwardArgs {
+  const StepLayout* layout;
+  bool reverse;
+  int64_t H;
+  const float* w_hh;        // [4H,H]
+  const float* gates;       // [N,4H] saved activations
+  const float* cells;       // [N,H]  saved c_t
+  const float* c0;          // [B,H]
+  const float* grad_y;      // [N,H] or null
+  const float* grad_cells;  // [N,H] or null
+  float* grad_h;            // [B,H] in: at h_n; out: at h0
+  float* grad_c;            // [B,H] in: at c_n; out: at c0
+  float* grad_gates;        // [N,4H] out
+};
+
+struct RnnForwardArgs {
+  const StepLayout* layout;
+  bool reverse, relu;
+  int64_t H;
+  const float* w_hh;  // [H,H]
+  const float* h0;    // [B,H]
+  float* y;           // [N,H] in: x W_ih^T + b; out: h_t
+};
+
+struct RnnBackwardArgs {
+  const StepLayout* layout;
+  bool reverse, relu;
+  int64_t H;
+  const float* w_hh;    // [H,H]
+  const float* y;       // [N,H]
+  const float* grad_y;  // [N,H] or null
+  float* grad_h;        // [B,H] in: at h_n; out: at h0
+  float* d_pre;         // [N,H] out: gradients of the pre-activations
+};
+
+// out [M,N] = x [M,K] w^T + bias, w [N,K], bias [N] or null.
+struct LinearArgs {
+  int64_t M, N, K;
+  const float* x;
+  const float* w;
+  const float* bias;
+  float* out;
+};
+
+struct Kernels {
+  const char* name;
+  int vector_width;
+  void (*lstm_forward)(const LstmForwardArgs&, int threads);
+  void (*lstm_backward)(const LstmBackwardArgs&, int threads);
+  void (*rnn_forward)(const RnnForwardArgs&, int threads);
+  void (*rnn_backward)(const RnnBackwardArgs&, int threads);
+  void (*linear)(const LinearArgs&, int threads);
+};
+
+// The table of each ISA if this build compiled it, else null. Whether the
+// running CPU supports it is the caller's check (kernel_select.cpp).
+const Kernels* avx512_kernels();
+const Kernels* avx2_kernels();
+const Kernels* generic_kernels();
+
+}  // namespace lstm_ext::cpu::fused

@@ -1,0 +1,343 @@
+// The fused loops, written once over a vector type S (simd.h) and
+// instantiated per ISA by kernels_<isa>.cpp. See kernels.h for the contract.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+
+#include "cpu/fused/kernels.h"
+#include "cpu/fused/packing.h"
+#include "cpu/fused/simd.h"
+#include "cpu/fused/team.h"
+#include "cpu/fused/tile.h"
+
+namespace lstm_ext::cpu::fused {
+
+template <class S>
+struct Fused {
+  using R = typename S::Reg;
+  using Act = Activations<S>;
+  static constexpr int V = S::V;
+  static constexpr int kBlockUnits = kVectors * V;  // units of a plain panel block
+
+  // Valid lanes of the vector starting at unit u of n units.
+  static int lanes(int64_t u, int64_t n) { return int(std::clamp<int64_t>(n - u, 0, V)); }
+
+  // Where step t's rows read h_{t-1}: rows [0, continuing) from the previous
+  // visited step's rows of `out` (ld), the rest from `initial`.
+  struct Previous {
+    const float* continuing_rows;
+    const float* initial;
+    int64_t continuing, ld;
+  };
+  static Previous previous(const StepLayout& L, int64_t t, bool reverse, const float* out,
+                           const float* initial, int64_t ld) {
+    const int64_t p = L.previous(t, reverse);
+    return {p >= 0 ? out + L.offset(p) * ld : nullptr, initial, L.rows_continuing(t, reverse), ld};
+  }
+
+  // Rows [r0, r1) of a step reading h_{t-1} through `prev`: up to two tiles
+  // (split where the source changes). epi_at(r) builds the epilogue of a
+  // tile whose first row is r.
+  template <class MakeEpilogue>
+  static void rows_tile(int64_t r0, int64_t r1, const Previous& prev, const Panels& w,
+                        int64_t block, const MakeEpilogue& epi_at) {
+    const int64_t mid = std::clamp(prev.continuing, r0, r1);
+    if (mid > r0)
+      run_tile_rows<S>(int(mid - r0), w.panel(block), w.K(), prev.continuing_rows + r0 * prev.ld,
+                       prev.ld, epi_at(r0));
+    if (r1 > mid)
+      run_tile_rows<S>(int(r1 - mid), w.panel(block), w.K(), prev.initial + mid * prev.ld,
+                       prev.ld, epi_at(mid));
+  }
+
+  // ---------------------------------------------------------------- LSTM --
+
+  // Gate-interleaved tile: acc[b] = i, f, g, o pre-activations of units
+  // [j, j+n) of row b; the cell update runs on the registers.
+  struct LstmCellEpilogue {
+    const float* pre;  // gates row 0 at unit j, stride G
+    float* act;        // same place, or null when activations are not saved
+    float* c;          // c_state row 0 at j, stride H
+    float* c_save;     // cells row 0 at j, or null
+    float* h;          // h_t row 0 at j, stride ld_h
+    int64_t H, ld_h;
+    int n;
+    LSTM_EXT_INLINE R init(int b, int g) const { return S::load_n(pre + b * 4 * H + g * H, n); }
+    LSTM_EXT_INLINE void finish(int b, const R (&a)[kVectors]) const {
+      const R i = Act::sigmoid(a[0]), f = Act::sigmoid(a[1]);
+      const R g = Act::tanh(a[2]), o = Act::sigmoid(a[3]);
+      const R c_new = S::fma(f, S::load_n(c + b * H, n), S::mul(i, g));
+      S::store_n(c + b * H, c_new, n);
+      if (c_save) S::store_n(c_save + b * H, c_new, n);
+      S::store_n(h + b * ld_h, S::mul(o, Act::tanh(c_new)), n);
+      if (act) {
+        float* row = act + b * 4 * H;
+        S::store_n(row, i, n);
+        S::store_n(row + H, f, n);
+        S::store_n(row + 2 * H, g, n);
+        S::store_n(row + 3 * H, o, n);
+      }
+    }
+  };
+
+  // Plain tile written to out (zero-initialised or from `init_from`), with
+  // an optional activation: the projection h = h_raw W_hr^T, the RNN step
+  // and the linear layer.
+  enum class Apply { kNone, kTanh, kRelu };
+  template <Apply A>
+  struct StoreEpilogue {
+    const float* init_row;  // row 0 at unit u0 (stride ld), or null for zeros
+    const float* bias;      // at unit u0, or null (used when init_row is null)
+    float* out;             // row 0 at unit u0, stride ld
+    int64_t ld, units_left;  // valid units from u0 on
+    LSTM_EXT_INLINE R init(int b, int v) const {
+      const int n = lanes(int64_t(v) * V, units_left);
+      if (init_row) return S::load_n(init_row + b * ld + v * V, n);
+      return bias ? S::load_n(bias + v * V, n) : S::zero();
+    }
+    LSTM_EXT_INLINE void finish(int b, const R (&a)[kVectors]) const {
+      for (int v = 0; v < kVectors; ++v) {
+        const int n = lanes(int64_t(v) * V, units_left);
+        if (n <= 0) break;
+        R x = a[v];
+        if constexpr (A == Apply::kTanh) x = Act::tanh(x);
+        if constexpr (A == Apply::kRelu) x = Act::relu(x);
+        S::store_n(out + b * ld + v * V, x, n);
+      }
+    }
+  };
+
+  static void lstm_forward(const LstmForwardArgs& a, int threads) {
+    const StepLayout& L = *a.layout;
+    const int64_t H = a.H, P = a.P, G = 4 * H;
+    const Panels w(a.w_hh, G, P, P, 1, V, /*gates=*/true);
+    const Panels wr = a.w_hr ? Panels(a.w_hr, P, H, H, 1, V, false) : Panels();
+    const RowTiles tiles(L.batch(), S::kMaxRows);
+    const int64_t items = w.blocks() * tiles.count, proj_items = wr.blocks() * tiles.count;
+    threads = int(std::min<int64_t>(threads, std::max(items, proj_items)));
+    run_team(threads, [&](int rank, int team, StepBarrier& barrier) {
+      const Share mine(items, rank, team), mine_proj(proj_items, rank, team);
+      for (int64_t s = 0; s < L.steps(); ++s) {
+        const int64_t t = L.time_at(s, a.reverse), rows = L.rows(t), off = L.offset(t);
+        const Previous prev = previous(L, t, a.reverse, a.y, a.h0, P);
+        float* gates_t = a.gates + off * G;
+        float* y_t = a.y + off * P;
+        float* h_t = a.w_hr ? a.h_raw : y_t;
+        const int64_t ld_h = a.w_hr ? H : P;
+        for (int64_t item = mine.begin; item < mine.end; ++item) {
+          const int64_t block = item / tiles.count, tile = item % tiles.count;
+          const int64_t r0 = tiles.begin(tile), r1 = std::min(tiles.end(tile), rows);
+          if (r0 >= r1) continue;
+          const int64_t j = block * V;
+          const int n = lanes(j, H);
+          rows_tile(r0, r1, prev, w, block, [&](int64_t r) {
+            return LstmCellEpilogue{gates_t + r * G + j,
+                                    a.save ? gates_t + r * G + j : nullptr,
+                                    a.c_state + r * H + j,
+                                    a.save ? a.cells + (off + r) * H + j : nullptr,
+                                    h_t + r * ld_h + j,
+                                    H, ld_h, n};
+          });
+        }
+        if (a.w_hr) {
+          barrier.wait();  // the projection reads every unit of h_raw
+          project(wr, tiles, mine_proj, rows, a.h_raw, H, y_t, P);
+        }
+        barrier.wait();  // the next step reads every unit of h_t
+      }
+    });
+  }
+
+  // out [rows,N] = in [rows,K] W^T for the owned (block, tile) items.
+  static void project(const Panels& w, const RowTiles& tiles, const Share& mine, int64_t rows,
+                      const float* in, int64_t ld_in, float* out, int64_t N) {
+    for (int64_t item = mine.begin; item < mine.end; ++item) {
+      const int64_t block = item / tiles.count, tile = item % tiles.count;
+      const int64_t r0 = tiles.begin(tile), r1 = std::min(tiles.end(tile), rows);
+      if (r0 >= r1) continue;
+      const int64_t u0 = block * kBlockUnits;
+      run_tile_rows<S>(int(r1 - r0), w.panel(block), w.K(), in + r0 * ld_in, ld_in,
+                       StoreEpilogue<Apply::kNone>{nullptr, nullptr, out + r0 * N + u0, N,
+                                                   N - u0});
+    }
+  }
+
+  // Gate gradients of rows [r0, r1) of step t, units [u0, u1): reads the
+  // saved activations and cells, grad_h (through step t+1) and grad_c;
+  // writes grad_gates_t and grad_c (now at c_{t-1}).
+  static void lstm_cell_backward(const LstmBackwardArgs& a, int64_t t, int64_t r0, int64_t r1,
+                                 int64_t u0, int64_t u1) {
+    const StepLayout& L = *a.layout;
+    const int64_t H = a.H, G = 4 * H, off = L.offset(t);
+    const int64_t p = L.previous(t, a.reverse), continuing = L.rows_continuing(t, a.reverse);
+    const R one = S::set1(1.f);
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* gate = a.gates + (off + r) * G;
+      const float* c_t = a.cells + (off + r) * H;
+      const float* c_prev = r < continuing ? a.cells + (L.offset(p) + r) * H : a.c0 + r * H;
+      const float* gy = a.grad_y ? a.grad_y + (off + r) * H : nullptr;
+      const float* gc_out = a.grad_cells ? a.grad_cells + (off + r) * H : nullptr;
+      float* gh = a.grad_h + r * H;
+      float* gc = a.grad_c + r * H;
+      float* dg = a.grad_gates + (off + r) * G;
+      for (int64_t u = u0; u < u1; u += V) {
+        const int n = lanes(u, u1);
+        const R i = S::load_n(gate + u, n), f = S::load_n(gate + H + u, n);
+        const R g = S::load_n(gate + 2 * H + u, n), o = S::load_n(gate + 3 * H + u, n);
+        const R tc = Act::tanh(S::load_n(c_t + u, n));
+        R dh = S::load_n(gh + u, n);
+        if (gy) dh = S::add(dh, S::load_n(gy + u, n));
+        R dc = S::fma(S::mul(dh, o), S::sub(one, S::mul(tc, tc)), S::load_n(gc + u, n));
+        if (gc_out) dc = S::add(dc, S::load_n(gc_out + u, n));
+        const R cp = S::load_n(c_prev + u, n);
+        S::store_n(dg + u, S::mul(S::mul(dc, g), S::mul(i, S::sub(one, i))), n);
+        S::store_n(dg + H + u, S::mul(S::mul(dc, cp), S::mul(f, S::sub(one, f))), n);
+        S::store_n(dg + 2 * H + u, S::mul(S::mul(dc, i), S::sub(one, S::mul(g, g))), n);
+        S::store_n(dg + 3 * H + u, S::mul(S::mul(dh, tc), S::mul(o, S::sub(one, o))), n);
+        S::store_n(gc + u, S::mul(dc, f), n);
+      }
+    }
+  }
+
+  // The shared shape of both backward loops. Per visited step t:
+  //   1. elementwise(t, rows, units) for the owned (unit block, row tile)
+  //      items: gradients of step t's pre-activations, d_pre_t [rows, K];
+  //   2. barrier: step (3) reads every unit of d_pre_t;
+  //   3. grad_h[rows, units] = d_pre_t W for the same owned items.
+  // Each thread owns the same (rows, units) in (1) and (3) at every step
+  // (tiles are cut over the full batch and clipped to the step's rows), so
+  // the grad_h units a thread writes in (3) are read only by itself in the
+  // next step's (1): one barrier per step.
+  template <class Elementwise>
+  static void backward_loop(const StepLayout& L, bool reverse, int64_t H, const Panels& wt,
+                            const float* d_pre, int64_t ld_pre, float* grad_h, int threads,
+                            const Elementwise& elementwise) {
+    const RowTiles tiles(L.batch(), S::kMaxRows);
+    const int64_t items = wt.blocks() * tiles.count;
+    threads = int(std::min<int64_t>(threads, items));
+    run_team(threads, [&](int rank, int team, StepBarrier& barrier) {
+      const Share mine(items, rank, team);
+      for (int64_t s = L.steps() - 1; s >= 0; --s) {
+        const int64_t t = L.time_at(s, reverse), rows = L.rows(t);
+        for (int64_t item = mine.begin; item < mine.end; ++item) {
+          const int64_t block = item / tiles.count, tile = item % tiles.count;
+          const int64_t r0 = tiles.begin(tile), r1 = std::min(tiles.end(tile), rows);
+          if (r0 >= r1) continue;
+          const int64_t u0 = block * kBlockUnits;
+          elementwise(t, r0, r1, u0, std::min(u0 + kBlockUnits, H));
+        }
+        barrier.wait();
+        project(wt, tiles, mine, rows, d_pre + L.offset(t) * ld_pre, ld_pre, grad_h, H);
+      }
+    });
+  }
+
+  static void lstm_backward(const LstmBackwardArgs& a, int threads) {
+    const int64_t H = a.H, G = 4 * H;
+    // grad_h = grad_gates_t W_hh: W(n, k) = w_hh[k, n], n < H, k < 4H.
+    const Panels wt(a.w_hh, H, G, 1, H, V, false);
+    backward_loop(*a.layout, a.reverse, H, wt, a.grad_gates, G, a.grad_h, threads,
+                  [&](int64_t t, int64_t r0, int64_t r1, int64_t u0, int64_t u1) {
+                    lstm_cell_backward(a, t, r0, r1, u0, u1);
+                  });
+  }
+
+  // ----------------------------------------------------------------- RNN --
+
+  template <Apply A>
+  static void rnn_forward_impl(const RnnForwardArgs& a, int threads) {
+    const StepLayout& L = *a.layout;
+    const int64_t H = a.H;
+    const Panels w(a.w_hh, H, H, H, 1, V, false);
+    const RowTiles tiles(L.batch(), S::kMaxRows);
+    const int64_t items = w.blocks() * tiles.count;
+    threads = int(std::min<int64_t>(threads, items));
+    run_team(threads, [&](int rank, int team, StepBarrier& barrier) {
+      const Share mine(items, rank, team);
+      for (int64_t s = 0; s < L.steps(); ++s) {
+        const int64_t t = L.time_at(s, a.reverse), rows = L.rows(t);
+        const Previous prev = previous(L, t, a.reverse, a.y, a.h0, H);
+        float* y_t = a.y + L.offset(t) * H;
+        for (int64_t item = mine.begin; item < mine.end; ++item) {
+          const int64_t block = item / tiles.count, tile = item % tiles.count;
+          const int64_t r0 = tiles.begin(tile), r1 = std::min(tiles.end(tile), rows);
+          if (r0 >= r1) continue;
+          const int64_t u0 = block * kBlockUnits;
+          rows_tile(r0, r1, prev, w, block, [&](int64_t r) {
+            float* row = y_t + r * H + u0;
+            return StoreEpilogue<A>{row, nullptr, row, H, H - u0};
+          });
+        }
+        barrier.wait();
+      }
+    });
+  }
+
+  static void rnn_forward(const RnnForwardArgs& a, int threads) {
+    if (a.relu) rnn_forward_impl<Apply::kRelu>(a, threads);
+    else rnn_forward_impl<Apply::kTanh>(a, threads);
+  }
+
+  static void rnn_backward(const RnnBackwardArgs& a, int threads) {
+    const StepLayout& L = *a.layout;
+    const int64_t H = a.H;
+    const Panels wt(a.w_hh, H, H, 1, H, V, false);
+    const R one = S::set1(1.f);
+    backward_loop(L, a.reverse, H, wt, a.d_pre, H, a.grad_h, threads,
+                  [&](int64_t t, int64_t r0, int64_t r1, int64_t u0, int64_t u1) {
+                    const int64_t off = L.offset(t);
+                    for (int64_t r = r0; r < r1; ++r) {
+                      const float* y = a.y + (off + r) * H;
+                      const float* gy = a.grad_y ? a.grad_y + (off + r) * H : nullptr;
+                      const float* gh = a.grad_h + r * H;
+                      float* d = a.d_pre + (off + r) * H;
+                      for (int64_t u = u0; u < u1; u += V) {
+                        const int n = lanes(u, u1);
+                        R dh = S::load_n(gh + u, n);
+                        if (gy) dh = S::add(dh, S::load_n(gy + u, n));
+                        const R h = S::load_n(y + u, n);
+                        // tanh' = 1 - h^2; relu' = [h > 0], as a select on h.
+                        const R slope = a.relu ? S::select_small(S::zero(), h, one, S::zero())
+                                               : S::sub(one, S::mul(h, h));
+                        S::store_n(d + u, S::mul(dh, slope), n);
+                      }
+                    }
+                  });
+  }
+
+  // -------------------------------------------------------------- linear --
+
+  // Rows are cut into chunks that stay in L2 while every weight block
+  // streams past them; threads take whole chunks.
+  static void linear(const LinearArgs& a, int threads) {
+    constexpr int64_t kChunkRows = 96;
+    const Panels w(a.w, a.N, a.K, a.K, 1, V, false);
+    const int64_t chunks = (a.M + kChunkRows - 1) / kChunkRows;
+    threads = int(std::min<int64_t>(threads, chunks * w.blocks()));
+    run_team(threads, [&](int rank, int team, StepBarrier&) {
+      const Share mine(chunks * w.blocks(), rank, team);
+      for (int64_t item = mine.begin; item < mine.end; ++item) {
+        const int64_t chunk = item / w.blocks(), block = item % w.blocks();
+        const int64_t m0 = chunk * kChunkRows, m1 = std::min(m0 + kChunkRows, a.M);
+        const int64_t u0 = block * kBlockUnits;
+        const RowTiles tiles(m1 - m0, S::kMaxRows);
+        for (int64_t i = 0; i < tiles.count; ++i) {
+          const int64_t r = m0 + tiles.begin(i);
+          run_tile_rows<S>(int(tiles.end(i) - tiles.begin(i)), w.panel(block), a.K,
+                           a.x + r * a.K, a.K,
+                           StoreEpilogue<Apply::kNone>{nullptr, a.bias ? a.bias + u0 : nullptr,
+                                                       a.out + r * a.N + u0, a.N, a.N - u0});
+        }
+      }
+    });
+  }
+
+  static const Kernels* table() {
+    static const Kernels k{S::kName,     V,           &lstm_forward, &lstm_backward,
+                           &rnn_forward, &rnn_backward, &linear};
+    return &k;
+  }
+};
+
+}  // namespace lstm_ext::cpu::fused

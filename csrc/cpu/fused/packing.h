@@ -1,0 +1,69 @@
+// Weights packed for the register tile (tile.h), once per op call, before
+// the time loop.
+//
+// A product out[b, n] = sum_k in[b, k] * W(n, k) is cut into blocks of
+// kVectors vectors of V output units. Block j's panel is [K][kVectors][V],
+// contiguous and k-major, so one k step of the tile reads kVectors aligned
+// vectors; lanes past the last unit are zero. Which source row feeds which
+// (vector, lane) is the caller's choice:
+//   gate-interleaved (LSTM forward): block j = units [jV, jV+V), vector g =
+//     gate g, so a tile holds i, f, g, o of the same units and the cell
+//     update runs on the registers;
+//   plain: block j = units [4jV, 4jV+4V), vector v = units [4jV+vV, +V).
+// Torch-free; owns its memory.
+#pragma once
+
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
+
+namespace lstm_ext::cpu::fused {
+
+constexpr int kVectors = 4;  // vectors per k step of a panel (= LSTM gates)
+
+struct AlignedFree {
+  void operator()(float* p) const { std::free(p); }
+};
+
+class Panels {
+ public:
+  Panels() = default;
+  // W(n, k) = w[n * ld_n + k * ld_k] for n < N; `gates` selects the
+  // gate-interleaved layout, where N = 4H and n = gate * H + unit.
+  Panels(const float* w, int64_t N, int64_t K, int64_t ld_n, int64_t ld_k, int V, bool gates)
+      : K_(K), V_(V) {
+    const int64_t units = gates ? N / kVectors : N;
+    const int64_t per_block = gates ? V : int64_t(kVectors) * V;
+    blocks_ = (units + per_block - 1) / per_block;
+    const int64_t panel = K * kVectors * V;
+    const size_t bytes = size_t(blocks_ * panel) * sizeof(float);
+    data_.reset(static_cast<float*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64 + 64)));
+    for (int64_t j = 0; j < blocks_; ++j) {
+      float* dst = data_.get() + j * panel;
+      for (int v = 0; v < kVectors; ++v) {
+        for (int l = 0; l < V; ++l) {
+          const int64_t unit = j * per_block + (gates ? l : int64_t(v) * V + l);
+          const int64_t n = gates ? v * units + unit : unit;
+          float* d = dst + v * V + l;
+          if (unit >= units) {
+            for (int64_t k = 0; k < K; ++k) d[k * kVectors * V] = 0.f;
+          } else {
+            const float* src = w + n * ld_n;
+            for (int64_t k = 0; k < K; ++k) d[k * kVectors * V] = src[k * ld_k];
+          }
+        }
+      }
+    }
+  }
+
+  int64_t blocks() const { return blocks_; }
+  int64_t K() const { return K_; }
+  const float* panel(int64_t block) const { return data_.get() + block * K_ * kVectors * V_; }
+
+ private:
+  std::unique_ptr<float, AlignedFree> data_;
+  int64_t blocks_ = 0, K_ = 0;
+  int V_ = 0;
+};
+
+}  // namespace lstm_ext::cpu::fused
