@@ -13,9 +13,11 @@
 // Torch-free; owns its memory.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
+#include <vector>
 
 namespace lstm_ext::cpu::fused {
 
@@ -38,19 +40,26 @@ class Panels {
     const int64_t panel = K * kVectors * V;
     const size_t bytes = size_t(blocks_ * panel) * sizeof(float);
     data_.reset(static_cast<float*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64 + 64)));
+    // Source rows of one block: one per (vector, lane), null past the end.
+    std::vector<const float*> rows(size_t(kVectors) * V);
     for (int64_t j = 0; j < blocks_; ++j) {
-      float* dst = data_.get() + j * panel;
       for (int v = 0; v < kVectors; ++v) {
         for (int l = 0; l < V; ++l) {
           const int64_t unit = j * per_block + (gates ? l : int64_t(v) * V + l);
           const int64_t n = gates ? v * units + unit : unit;
-          float* d = dst + v * V + l;
-          if (unit >= units) {
-            for (int64_t k = 0; k < K; ++k) d[k * kVectors * V] = 0.f;
-          } else {
-            const float* src = w + n * ld_n;
-            for (int64_t k = 0; k < K; ++k) d[k * kVectors * V] = src[k * ld_k];
-          }
+          rows[v * V + l] = unit < units ? w + n * ld_n : nullptr;
+        }
+      }
+      // k in chunks of one cache line: each source row is read a line at a
+      // time and the chunk's destination (16 k steps) stays in L1.
+      float* dst = data_.get() + j * panel;
+      constexpr int64_t kChunk = 16;
+      for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
+        const int64_t k1 = std::min(K, k0 + kChunk);
+        for (int64_t e = 0; e < int64_t(kVectors) * V; ++e) {
+          const float* src = rows[e];
+          float* d = dst + e;
+          for (int64_t k = k0; k < k1; ++k) d[k * kVectors * V] = src ? src[k * ld_k] : 0.f;
         }
       }
     }
