@@ -2,6 +2,8 @@
 
 #include <c10/util/Exception.h>
 
+#include "compute_dtype.h"
+
 namespace lstm_ext {
 
 namespace check {
@@ -32,18 +34,34 @@ void like(const at::Tensor& t, const at::Tensor& x, const char* op, const char* 
               " (the device of x), got ", t.device());
 }
 
+void like_compute(const at::Tensor& t, const at::Tensor& x, const char* op, const char* name) {
+  const auto expected = compute_dtype(x.scalar_type());
+  if (expected == x.scalar_type()) return like(t, x, op, name);
+  TORCH_CHECK(t.scalar_type() == expected, op, ": ", name, ": expected dtype ", expected,
+              " (the compute dtype for x of dtype ", x.scalar_type(), "), got ", t.scalar_type());
+  TORCH_CHECK(t.device() == x.device(), op, ": ", name, ": expected device ", x.device(),
+              " (the device of x), got ", t.device());
+}
+
 void floating(const at::Tensor& x, const char* op) {
   const auto dt = x.scalar_type();
-  const bool ok = dt == at::kFloat || dt == at::kDouble ||
-                  (x.is_cuda() && (dt == at::kHalf || dt == at::kBFloat16));
-  TORCH_CHECK(ok, op, ": x: expected dtype float32 or float64",
-              (x.is_cuda() ? ", float16 or bfloat16" : ""), ", got ", dt);
+  const bool ok = dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16 ||
+                  (x.is_cuda() && dt == at::kHalf);
+  TORCH_CHECK(ok, op, ": x: expected dtype float32, float64",
+              (x.is_cuda() ? ", float16 or bfloat16" : " or bfloat16"), ", got ", dt,
+              (dt == at::kHalf ? " (float16 is not supported on the CPU: use bfloat16 or float32)"
+                               : ""));
 }
 
 void optional_grad(const std::optional<at::Tensor>& g, const at::Tensor& x, const char* op,
-                   const char* name, const char* what, const std::vector<int64_t>& expected) {
+                   const char* name, const char* what, const std::vector<int64_t>& expected,
+                   bool compute) {
   if (!g.has_value() || !g->defined()) return;
-  like(*g, x, op, name);
+  if (compute) {
+    like_compute(*g, x, op, name);
+  } else {
+    like(*g, x, op, name);
+  }
   shape(*g, op, name, what, expected);
 }
 
@@ -143,15 +161,16 @@ LstmDims check_lstm_backward_args(
   TORCH_CHECK(gates.numel() > 0 || s.N == 0, op,
               ": gates is empty: the forward ran with save_for_backward=false, so there is "
               "nothing to differentiate. Run lstm_forward with save_for_backward=true.");
-  check::like(gates, x, op, "gates");
+  check::like_compute(gates, x, op, "gates");
   check::shape(gates, op, "gates", s.letters("4H").c_str(), s.shape(4 * d.H));
-  check::like(cells, x, op, "cells");
+  check::like_compute(cells, x, op, "cells");
   check::shape(cells, op, "cells", s.letters("H").c_str(), s.shape(d.H));
   check::optional_grad(grad_y, x, op, "grad_y", s.letters(p_letter).c_str(), s.shape(d.P));
   check::optional_grad(grad_h_n, x, op, "grad_h_n", d.projected ? "[B, P]" : "[B, H]",
                        {s.B, d.P});
   check::optional_grad(grad_c_n, x, op, "grad_c_n", "[B, H]", {s.B, d.H});
-  check::optional_grad(grad_cells, x, op, "grad_cells", s.letters("H").c_str(), s.shape(d.H));
+  check::optional_grad(grad_cells, x, op, "grad_cells", s.letters("H").c_str(), s.shape(d.H),
+                       /*compute=*/true);
   return d;
 }
 

@@ -56,7 +56,8 @@ LstmDims check_lstm_forward_args(const at::Tensor& x, const at::Tensor& w_ih,
                                  const std::optional<at::Tensor>& w_hr);
 
 // Validates lstm_backward's arguments against the forward's and the tensors
-// the forward saved.
+// the forward saved. gates, cells and grad_cells are in x's compute dtype
+// (float32 for a bfloat16 x), like the forward's gates and cells.
 LstmDims check_lstm_backward_args(
     const std::optional<at::Tensor>& grad_y, const std::optional<at::Tensor>& grad_h_n,
     const std::optional<at::Tensor>& grad_c_n, const std::optional<at::Tensor>& grad_cells,
@@ -74,11 +75,17 @@ void shape(const at::Tensor& t, const char* op, const char* name, const char* wh
 void rank(const at::Tensor& t, const char* op, const char* name, const char* what, int64_t rank);
 // Same dtype and device as x (the reference argument).
 void like(const at::Tensor& t, const at::Tensor& x, const char* op, const char* name);
-// x's dtype is one the backend computes in.
+// x's device, and x's compute dtype (compute_dtype.h): float32 for a bfloat16
+// x, else x's dtype. For the activations a forward saves (gates, cells).
+void like_compute(const at::Tensor& t, const at::Tensor& x, const char* op, const char* name);
+// x's dtype is one the backend computes in: float32, float64 or bfloat16
+// (bfloat16 computed in float32); on CUDA also float16.
 void floating(const at::Tensor& x, const char* op);
-// An optional gradient, when present: like x and of the expected shape.
+// An optional gradient, when present: like x (like_compute(x) when `compute`)
+// and of the expected shape.
 void optional_grad(const std::optional<at::Tensor>& g, const at::Tensor& x, const char* op,
-                   const char* name, const char* what, const std::vector<int64_t>& expected);
+                   const char* name, const char* what, const std::vector<int64_t>& expected,
+                   bool compute = false);
 // x [T,B,F] without batch_sizes, or x [N,F] with batch_sizes [T] (int64, CPU,
 // positive, non-increasing, summing to N). B comes from x or batch_sizes[0].
 SequenceDims sequence(const at::Tensor& x, const std::optional<at::Tensor>& batch_sizes,

@@ -7,6 +7,11 @@
 // Every op runs ONE layer in ONE direction over the whole sequence.
 // Letters: T time steps, B batch, I input features, H hidden units, P the
 // size of h (proj_size, or H without a projection), N packed rows.
+//
+// Dtypes: every tensor argument and result has x's dtype (float32, float64,
+// or bfloat16, which is computed in float32), except the LSTM's saved
+// activations `gates` and `cells` and the gradient `grad_cells`: these are in
+// the compute dtype, float32 for a bfloat16 x (csrc/compute_dtype.h).
 #include <torch/library.h>
 
 TORCH_LIBRARY(lstm_ext, m) {

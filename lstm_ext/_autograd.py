@@ -8,6 +8,14 @@ import torch
 from torch import Tensor
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the kernels compute in for tensors stored in ``dtype``, and in
+    which the LSTM ops keep the activations they save (``gates``, ``cells``):
+    float32 for bfloat16 (and float16), else ``dtype`` itself. Mirrors
+    csrc/compute_dtype.h."""
+    return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
+
+
 def needs_grad(*tensors: Optional[Tensor]) -> bool:
     """Whether autograd will need the activations a forward can save."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
@@ -27,6 +35,21 @@ def check_like_x(op: str, x: Tensor, **tensors: Optional[Tensor]) -> None:
             raise RuntimeError(f"{op}: {name}: expected device {x.device} (the device of x), got {t.device}")
         if t.dtype != x.dtype:
             raise RuntimeError(f"{op}: {name}: expected dtype {x.dtype} (the dtype of x), got {t.dtype}")
+
+
+def check_compute_like_x(op: str, x: Tensor, **tensors: Optional[Tensor]) -> None:
+    """check_like_x for tensors kept in x's compute dtype (saved activations)."""
+    expected = compute_dtype(x.dtype)
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if t.device != x.device:
+            raise RuntimeError(f"{op}: {name}: expected device {x.device} (the device of x), got {t.device}")
+        if t.dtype != expected:
+            raise RuntimeError(
+                f"{op}: {name}: expected dtype {expected} (the compute dtype for x of dtype {x.dtype}), "
+                f"got {t.dtype}"
+            )
 
 
 def fake_layer_grads(x: Tensor, w_ih: Tensor, w_hh: Tensor, h0: Tensor, need_grad_x: bool) -> tuple:

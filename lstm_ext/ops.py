@@ -13,7 +13,9 @@ from torch import Tensor
 
 from . import _C  # noqa: F401  (loads the library that registers the ops)
 from ._autograd import (
+    check_compute_like_x,
     check_like_x,
+    compute_dtype,
     differentiable_grads,
     fake_layer_grads,
     needs_grad,
@@ -61,11 +63,16 @@ def lstm_layer(
     also every ``c_t`` as ``cells [T,B,H]`` (or ``[N,H]``). ``reverse=True``
     runs from the last step to the first; ``y[t]`` stays aligned with
     ``x[t]``. Differentiable in every tensor argument, ``cells`` included.
+
+    Every tensor has one dtype: float32, float64 or (on the CPU) bfloat16,
+    which is computed in float32 with a float32 cell state and returned in
+    bfloat16, ``cells`` included.
     """
     save = return_cells or needs_grad(x, w_ih, w_hh, bias, h0, c0, w_hr)
     y, h_n, c_n, _, cells = _forward_op(x, w_ih, w_hh, bias, h0, c0, reverse, save, batch_sizes, w_hr)
     if return_cells:
-        return y, h_n, c_n, cells
+        # The op keeps cells in the compute dtype (float32 for bfloat16).
+        return y, h_n, c_n, cells.to(x.dtype)
     return y, h_n, c_n
 
 
@@ -82,11 +89,13 @@ def _lstm_forward_fake(x, w_ih, w_hh, bias, h0, c0, reverse, save_for_backward, 
     y = x.new_empty(_sequence_shape(x, P))
     h_n = x.new_empty(h0.shape)
     c_n = x.new_empty(c0.shape)
+    # gates and cells are kept in the compute dtype (float32 for bfloat16).
+    saved = compute_dtype(x.dtype)
     if save_for_backward:
-        gates = x.new_empty(_sequence_shape(x, 4 * H))
-        cells = x.new_empty(_sequence_shape(x, H))
+        gates = x.new_empty(_sequence_shape(x, 4 * H), dtype=saved)
+        cells = x.new_empty(_sequence_shape(x, H), dtype=saved)
         return y, h_n, c_n, gates, cells
-    return y, h_n, c_n, x.new_empty((0,)), x.new_empty((0,))
+    return y, h_n, c_n, x.new_empty((0,), dtype=saved), x.new_empty((0,), dtype=saved)
 
 
 @torch.library.register_fake("lstm_ext::lstm_backward")
@@ -95,9 +104,10 @@ def _lstm_backward_fake(
     batch_sizes=None, w_hr=None,
 ):
     check_like_x(
-        "lstm_backward", x, grad_y=grad_y, grad_h_n=grad_h_n, grad_c_n=grad_c_n, grad_cells=grad_cells,
-        w_ih=w_ih, w_hh=w_hh, h0=h0, c0=c0, y=y, gates=gates, cells=cells, w_hr=w_hr,
+        "lstm_backward", x, grad_y=grad_y, grad_h_n=grad_h_n, grad_c_n=grad_c_n,
+        w_ih=w_ih, w_hh=w_hh, h0=h0, c0=c0, y=y, w_hr=w_hr,
     )
+    check_compute_like_x("lstm_backward", x, gates=gates, cells=cells, grad_cells=grad_cells)
     return (
         *fake_layer_grads(x, w_ih, w_hh, h0, need_grad_x),
         c0.new_empty(c0.shape),

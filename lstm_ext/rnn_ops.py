@@ -46,7 +46,9 @@ def rnn_layer(
     step (its first step when ``reverse``). ``reverse=True`` runs from the
     last step to the first; ``y[t]`` stays aligned with ``x[t]``.
     Differentiable in every tensor argument, twice (double backward takes a
-    slower, recomputing path).
+    slower, recomputing path). Every tensor has one dtype: float32, float64
+    or (on the CPU) bfloat16, which is computed in float32 and returned in
+    bfloat16.
     """
     return _forward_op(x, w_ih, w_hh, bias, h0, reverse, relu, batch_sizes)
 

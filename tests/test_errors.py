@@ -159,8 +159,9 @@ def test_hx_dtype_differs_from_input(pair, which):
 
 
 def test_half_module_raises_clear_error():
-    """Only float32/float64 are supported on the CPU (torch.nn supports more, so
-    this cannot be compared with torch.nn: require a clear error instead)."""
+    """float16 is not supported on the CPU (float32, float64 and bfloat16 are;
+    torch.nn supports float16 too, so this cannot be compared with torch.nn:
+    require a clear error instead)."""
     ext = lstm_ext.LSTM(I, H, L).half()
     with pytest.raises((TypeError, ValueError, RuntimeError, NotImplementedError)) as info:
         ext(torch.randn(T, B, I).half())

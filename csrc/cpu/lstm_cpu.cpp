@@ -3,11 +3,19 @@
 // The GEMMs that cover every time step at once (the input projection in
 // forward; the weight and input gradients in backward) go through ATen here;
 // everything sequential happens in lstm_sequence.cpp.
+//
+// bfloat16 runs the float32 kernels (compute_dtype.h): the arguments are
+// upcast (exactly) on entry, y, h_n, c_n and the gradients are rounded to
+// bfloat16 on return, and gates and cells stay float32. The input projection
+// is therefore a float32 GEMM of the upcast x and w_ih: ATen's CPU bfloat16
+// GEMM would round the [N,4H] pre-activations to bfloat16 (it has no float32
+// output on the CPU), an error as large as the one the float32 state avoids.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
 #include "checks.h"
+#include "compute_dtype.h"
 #include "tensor_args.h"
 #include "cpu/lstm_sequence.h"
 #include "cpu/previous_state.h"
@@ -34,16 +42,16 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_cpu(
   const LstmDims d =
       check_lstm_forward_args(x_in, w_ih_in, w_hh_in, bias, h0, c0, batch_sizes, w_hr_in);
   const StepLayout layout = make_step_layout(d.seq, batch_sizes);
-  const Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
-  const OptTensor w_hr = contiguous_or_none(w_hr_in);
+  const Tensor x = to_compute(x_in), w_ih = to_compute(w_ih_in), w_hh = to_compute(w_hh_in);
+  const OptTensor w_hr = to_compute(w_hr_in);
   const auto opts = x.options();
 
-  Tensor gates = input_projection(x, w_ih, bias, d);
+  Tensor gates = input_projection(x, w_ih, to_compute(bias), d);
   Tensor y = at::empty(d.seq.shape(d.P), opts);
   Tensor cells = save_for_backward ? at::empty(d.seq.shape(d.H), opts) : at::empty({0}, opts);
   // c_state starts as c0 and ends as c_n; h_n is gathered from y afterwards.
-  const Tensor h0c = h0.contiguous();
-  Tensor c_state = c0.contiguous().clone();
+  const Tensor h0c = to_compute(h0);
+  Tensor c_state = compute_copy(c0);
   Tensor h_n = at::empty({d.seq.B, d.P}, opts);
   Tensor h_raw = d.projected ? at::empty({d.seq.B, d.H}, opts) : Tensor();
 
@@ -59,7 +67,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_cpu(
 
   if (!save_for_backward) gates = at::empty({0}, opts);
   else gates = gates.view(d.seq.shape(4 * d.H));
-  return {y, h_n, c_state, gates, cells};
+  return {to_storage(y, x_in), to_storage(h_n, x_in), to_storage(c_state, x_in), gates, cells};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_cpu(
@@ -73,12 +81,12 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
                                w_hh_in, h0_in, c0_in, y_in, gates_in, cells_in, batch_sizes,
                                w_hr_in);
   const StepLayout layout = make_step_layout(d.seq, batch_sizes);
-  const Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
-  const Tensor h0 = h0_in.contiguous(), c0 = c0_in.contiguous(), y = y_in.contiguous();
+  const Tensor x = to_compute(x_in), w_ih = to_compute(w_ih_in), w_hh = to_compute(w_hh_in);
+  const Tensor h0 = to_compute(h0_in), c0 = to_compute(c0_in), y = to_compute(y_in);
   const Tensor gates = gates_in.contiguous(), cells = cells_in.contiguous();
-  const OptTensor w_hr = contiguous_or_none(w_hr_in);
-  const OptTensor grad_y = contiguous_or_none(grad_y_in);
-  const OptTensor grad_cells = contiguous_or_none(grad_cells_in);
+  const OptTensor w_hr = to_compute(w_hr_in);
+  const OptTensor grad_y = to_compute(grad_y_in);
+  const OptTensor grad_cells = to_compute(grad_cells_in);
   const auto opts = x.options();
   const int64_t N = d.seq.N, G = 4 * d.H;
 
@@ -112,7 +120,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   Tensor grad_bias = grad_gates.sum(0);
   Tensor grad_w_hr = d.projected ? at::mm(grad_h_all.t(), h_raw_all) : at::empty({0}, opts);
   Tensor grad_x = need_grad_x ? at::mm(grad_gates, w_ih).view(x.sizes()) : at::empty({0}, opts);
-  return {grad_x, grad_w_ih, grad_w_hh, grad_bias, grad_h, grad_c, grad_w_hr};
+  const auto out = [&](const Tensor& g) { return to_storage(g, x_in); };
+  return {out(grad_x), out(grad_w_ih), out(grad_w_hh), out(grad_bias),
+          out(grad_h),  out(grad_c),    out(grad_w_hr)};
 }
 
 }  // namespace

@@ -4,10 +4,15 @@
 // The GEMMs that cover every row at once (the input projection in forward;
 // the weight and input gradients in backward) go through ATen here;
 // everything sequential happens in rnn_sequence.cpp.
+//
+// bfloat16 runs the float32 kernels, as the LSTM's binding does (see
+// lstm_cpu.cpp and compute_dtype.h): upcast on entry, y, h_n and the
+// gradients rounded to bfloat16 on return.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
+#include "compute_dtype.h"
 #include "cpu/rnn_sequence.h"
 #include "rnn_checks.h"
 #include "tensor_args.h"
@@ -26,15 +31,15 @@ std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& x_in, const Tensor& w_i
                                            const std::optional<Tensor>& batch_sizes) {
   const RnnDims d = check_rnn_forward_args(x_in, w_ih_in, w_hh_in, bias, h0, batch_sizes);
   const SequenceDims& s = d.seq;
-  const Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const Tensor x = to_compute(x_in), w_ih = to_compute(w_ih_in), w_hh = to_compute(w_hh_in);
   const StepLayout L = make_step_layout(s, batch_sizes);
 
   // y starts as x W_ih^T + bias for all N rows (one GEMM); the time loop adds
   // the recurrent product and applies the activation in place.
   Tensor y = at::empty(s.shape(d.H), x.options());
   Tensor y2d = y.view({s.N, d.H});
-  input_projection_out(y2d, x.view({s.N, d.I}), w_ih, bias);
-  const Tensor h0c = h0.contiguous();
+  input_projection_out(y2d, x.view({s.N, d.I}), w_ih, to_compute(bias));
+  const Tensor h0c = to_compute(h0);
   Tensor h_n = at::empty({s.B, d.H}, x.options());
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnn_forward_cpu", [&] {
@@ -43,7 +48,7 @@ std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& x_in, const Tensor& w_i
     gather_final_state<scalar_t>(L, reverse, d.H, y.data_ptr<scalar_t>(), h0c.data_ptr<scalar_t>(),
                                  h_n.data_ptr<scalar_t>());
   });
-  return {y, h_n};
+  return {to_storage(y, x_in), to_storage(h_n, x_in)};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
@@ -55,9 +60,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
       check_rnn_backward_args(grad_y_in, grad_h_n, x_in, w_ih_in, w_hh_in, h0_in, y_in,
                               batch_sizes);
   const SequenceDims& s = d.seq;
-  const Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
-  const Tensor h0 = h0_in.contiguous(), y = y_in.contiguous();
-  const auto grad_y = contiguous_or_none(grad_y_in);
+  const Tensor x = to_compute(x_in), w_ih = to_compute(w_ih_in), w_hh = to_compute(w_hh_in);
+  const Tensor h0 = to_compute(h0_in), y = to_compute(y_in);
+  const auto grad_y = to_compute(grad_y_in);
   const StepLayout L = make_step_layout(s, batch_sizes);
   const auto opts = x.options();
 
@@ -82,7 +87,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
   Tensor grad_w_hh = at::mm(d_pre_t, h_prev);
   Tensor grad_bias = d_pre.sum(0);
   Tensor grad_x = need_grad_x ? at::mm(d_pre, w_ih).view(s.shape(d.I)) : at::empty({0}, opts);
-  return {grad_x, grad_w_ih, grad_w_hh, grad_bias, grad_h};
+  const auto out = [&](const Tensor& g) { return to_storage(g, x_in); };
+  return {out(grad_x), out(grad_w_ih), out(grad_w_hh), out(grad_bias), out(grad_h)};
 }
 
 }  // namespace
