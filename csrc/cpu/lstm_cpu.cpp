@@ -1,8 +1,8 @@
 // CPU binding: tensors in, raw pointers to the time loops, tensors out.
 //
 // The GEMMs that cover every time step at once (the input projection in
-// forward; the weight and input gradients in backward) go through ATen here;
-// everything sequential happens in lstm_sequence.cpp.
+// forward, input_projection.h; the weight and input gradients in backward,
+// ATen) run here; everything sequential happens in lstm_sequence.cpp.
 //
 // bfloat16 runs the float32 kernels (compute_dtype.h): the arguments are
 // upcast (exactly) on entry, y, h_n, c_n and the gradients are rounded to
@@ -17,8 +17,10 @@
 #include "checks.h"
 #include "compute_dtype.h"
 #include "tensor_args.h"
+#include "cpu/input_projection.h"
 #include "cpu/lstm_sequence.h"
 #include "cpu/previous_state.h"
+#include "cpu/scratch.h"
 #include "step_layout.h"
 
 namespace lstm_ext::cpu {
@@ -26,12 +28,15 @@ namespace {
 
 using at::Tensor;
 
-// x W_ih^T + bias for all N rows at once, into a fresh [N,4H] buffer that the
-// time loop accumulates the recurrent product into.
+// x W_ih^T + bias for all N rows at once, into the [N,4H] buffer that the
+// time loop accumulates the recurrent product into: a fresh tensor when it is
+// saved for backward, this thread's reused scratch otherwise.
 Tensor input_projection(const Tensor& x, const Tensor& w_ih, const OptTensor& bias,
-                        const LstmDims& d) {
-  Tensor gates = at::empty({d.seq.N, 4 * d.H}, x.options());
-  input_projection_out(gates, x.view({d.seq.N, d.I}), w_ih, bias);
+                        const LstmDims& d, bool saved) {
+  const std::vector<int64_t> sizes{d.seq.N, 4 * d.H};
+  Tensor gates = saved ? at::empty(sizes, x.options())
+                       : scratch(ScratchRole::kGates, sizes, x.options());
+  input_projection_into(gates, x.view({d.seq.N, d.I}), w_ih, bias);
   return gates;
 }
 
@@ -46,7 +51,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_cpu(
   const OptTensor w_hr = to_compute(w_hr_in);
   const auto opts = x.options();
 
-  Tensor gates = input_projection(x, w_ih, to_compute(bias), d);
+  Tensor gates = input_projection(x, w_ih, to_compute(bias), d, save_for_backward);
   Tensor y = at::empty(d.seq.shape(d.P), opts);
   Tensor cells = save_for_backward ? at::empty(d.seq.shape(d.H), opts) : at::empty({0}, opts);
   // c_state starts as c0 and ends as c_n; h_n is gathered from y afterwards.
@@ -92,8 +97,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
 
   Tensor grad_h = state_grad_buffer(grad_h_n, h0);
   Tensor grad_c = state_grad_buffer(grad_c_n, c0);
-  Tensor grad_gates = at::empty({N, G}, opts);
-  Tensor h_prev = at::empty({N, d.P}, opts);
+  Tensor grad_gates = scratch(ScratchRole::kGradGates, {N, G}, opts);
+  Tensor h_prev = scratch(ScratchRole::kPrevState, {N, d.P}, opts);
   Tensor grad_h_all, h_raw_all, grad_h_raw;
   if (d.projected) {
     grad_h_all = at::empty({N, d.P}, opts);

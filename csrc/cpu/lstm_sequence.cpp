@@ -6,6 +6,7 @@
 #include <type_traits>
 
 #include "cpu/blas.h"
+#include "cpu/fused/workspace.h"
 #include "cpu/kernel_select.h"
 #include "cpu/lstm_cell.h"
 #include "cpu/parallel_rows.h"
@@ -19,8 +20,12 @@ void lstm_forward_loop(const StepLayout& layout, bool reverse, bool save, int64_
                        scalar_t* cells, const scalar_t* h0, scalar_t* c_state, scalar_t* h_raw) {
   if constexpr (std::is_same_v<scalar_t, float>) {
     if (const fused::Kernels* k = selected_fused_kernels()) {
-      k->lstm_forward({&layout, reverse, save, H, P, w_hh, w_hr, gates, y, cells, h0, c_state,
-                       h_raw},
+      using fused::PackKind, fused::Slot;
+      const fused::Panels w = pack_weights(*k, Slot::kRecurrent, PackKind::kGates, w_hh, H, P);
+      const fused::Panels wr = w_hr ? pack_weights(*k, Slot::kProjection, PackKind::kRows, w_hr, P, H)
+                                    : fused::Panels();
+      k->lstm_forward({&layout, reverse, save, H, P, &w, w_hr ? &wr : nullptr, gates, y, cells, h0,
+                       c_state, h_raw},
                       loop_threads(layout.batch() * 4 * H * P));
       return;
     }
@@ -55,7 +60,9 @@ void lstm_backward_loop(const StepLayout& layout, bool reverse, int64_t H, int64
   if constexpr (std::is_same_v<scalar_t, float>) {
     const fused::Kernels* k = selected_fused_kernels();
     if (k != nullptr && w_hr == nullptr) {
-      k->lstm_backward({&layout, reverse, H, w_hh, gates, cells, c0, grad_y, grad_cells, grad_h,
+      const fused::Panels w = pack_weights(*k, fused::Slot::kRecurrent, fused::PackKind::kColumns,
+                                           w_hh, H, 4 * H);
+      k->lstm_backward({&layout, reverse, H, &w, gates, cells, c0, grad_y, grad_cells, grad_h,
                         grad_c, grad_gates},
                        loop_threads(layout.batch() * 4 * H * H));
       return;

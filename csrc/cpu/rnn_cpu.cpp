@@ -13,7 +13,9 @@
 #include <torch/library.h>
 
 #include "compute_dtype.h"
+#include "cpu/input_projection.h"
 #include "cpu/rnn_sequence.h"
+#include "cpu/scratch.h"
 #include "rnn_checks.h"
 #include "tensor_args.h"
 #include "cpu/previous_state.h"
@@ -38,7 +40,7 @@ std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& x_in, const Tensor& w_i
   // the recurrent product and applies the activation in place.
   Tensor y = at::empty(s.shape(d.H), x.options());
   Tensor y2d = y.view({s.N, d.H});
-  input_projection_out(y2d, x.view({s.N, d.I}), w_ih, to_compute(bias));
+  input_projection_into(y2d, x.view({s.N, d.I}), w_ih, to_compute(bias));
   const Tensor h0c = to_compute(h0);
   Tensor h_n = at::empty({s.B, d.H}, x.options());
 
@@ -69,8 +71,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
   // Gradient at the carried state: starts as grad_h_n (zero when absent),
   // ends as grad_h0.
   Tensor grad_h = state_grad_buffer(grad_h_n, h0);
-  Tensor d_pre = at::empty({s.N, d.H}, opts);
-  Tensor h_prev = at::empty({s.N, d.H}, opts);
+  Tensor d_pre = scratch(ScratchRole::kGradGates, {s.N, d.H}, opts);
+  Tensor h_prev = scratch(ScratchRole::kPrevState, {s.N, d.H}, opts);
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnn_backward_cpu", [&] {
     rnn_backward_loop<scalar_t>(L, d.H, reverse, relu, w_hh.data_ptr<scalar_t>(),

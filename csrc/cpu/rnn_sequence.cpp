@@ -5,6 +5,7 @@
 #include <type_traits>
 
 #include "cpu/blas.h"
+#include "cpu/fused/workspace.h"
 #include "cpu/kernel_select.h"
 #include "cpu/parallel_rows.h"
 #include "cpu/previous_state.h"
@@ -55,7 +56,9 @@ void rnn_forward_loop(const StepLayout& L, int64_t H, bool reverse, bool relu,
                       const scalar_t* w_hh, const scalar_t* h0, scalar_t* y) {
   if constexpr (std::is_same_v<scalar_t, float>) {
     if (const fused::Kernels* k = selected_fused_kernels()) {
-      k->rnn_forward({&L, reverse, relu, H, w_hh, h0, y}, loop_threads(L.batch() * H * H));
+      const fused::Panels w =
+          pack_weights(*k, fused::Slot::kRecurrent, fused::PackKind::kRows, w_hh, H, H);
+      k->rnn_forward({&L, reverse, relu, H, &w, h0, y}, loop_threads(L.batch() * H * H));
       return;
     }
   }
@@ -72,7 +75,9 @@ void rnn_backward_loop(const StepLayout& L, int64_t H, bool reverse, bool relu,
                        scalar_t* grad_h, scalar_t* d_pre) {
   if constexpr (std::is_same_v<scalar_t, float>) {
     if (const fused::Kernels* k = selected_fused_kernels()) {
-      k->rnn_backward({&L, reverse, relu, H, w_hh, y, grad_y, grad_h, d_pre},
+      const fused::Panels w =
+          pack_weights(*k, fused::Slot::kRecurrent, fused::PackKind::kColumns, w_hh, H, H);
+      k->rnn_backward({&L, reverse, relu, H, &w, y, grad_y, grad_h, d_pre},
                       loop_threads(L.batch() * H * H));
       return;
     }

@@ -1,8 +1,8 @@
 // The fused float32 recurrent kernels: torch-free entry points, one table per
 // ISA (kernels_avx512.cpp, kernels_avx2.cpp, kernels_generic.cpp).
 //
-// Each loop packs its weights once (packing.h), then runs the whole sequence
-// in one parallel region (team.h): per step, register tiles (tile.h) of the
+// The caller packs the weights (packing.h, with this table's vector_width);
+// each loop runs the whole sequence in one parallel region (team.h): per step, register tiles (tile.h) of the
 // recurrent product with the elementwise cell math fused into their epilogue,
 // and one barrier. No allocation and no dispatcher call in the time loop.
 // Threads split blocks of hidden units (each core keeps its share of the
@@ -17,6 +17,7 @@
 
 #include <cstdint>
 
+#include "cpu/fused/packing.h"
 #include "step_layout.h"
 
 namespace lstm_ext::cpu::fused {
@@ -25,8 +26,8 @@ struct LstmForwardArgs {
   const StepLayout* layout;
   bool reverse, save;
   int64_t H, P;
-  const float* w_hh;  // [4H,P]
-  const float* w_hr;  // [P,H] or null (then P == H)
+  const Panels* w_hh;  // kGates of w_hh [4H,P]
+  const Panels* w_hr;  // kRows of w_hr [P,H], or null (then P == H)
   float* gates;       // [N,4H] in: x W_ih^T + b; out: activations i,f,g,o when save
   float* y;           // [N,P]  out: h_t
   float* cells;       // [N,H]  out: c_t when save; else null
@@ -40,7 +41,7 @@ struct LstmBackwardArgs {
   const StepLayout* layout;
   bool reverse;
   int64_t H;
-  const float* w_hh;        // [4H,H]
+  const Panels* w_hh;       // kColumns of w_hh [4H,H]
   const float* gates;       // [N,4H] saved activations
   const float* cells;       // [N,H]  saved c_t
   const float* c0;          // [B,H]
@@ -55,8 +56,8 @@ struct RnnForwardArgs {
   const StepLayout* layout;
   bool reverse, relu;
   int64_t H;
-  const float* w_hh;  // [H,H]
-  const float* h0;    // [B,H]
+  const Panels* w_hh;  // kRows of w_hh [H,H]
+  const float* h0;     // [B,H]
   float* y;           // [N,H] in: x W_ih^T + b; out: h_t
 };
 
@@ -64,25 +65,25 @@ struct RnnBackwardArgs {
   const StepLayout* layout;
   bool reverse, relu;
   int64_t H;
-  const float* w_hh;    // [H,H]
+  const Panels* w_hh;   // kColumns of w_hh [H,H]
   const float* y;       // [N,H]
   const float* grad_y;  // [N,H] or null
   float* grad_h;        // [B,H] in: at h_n; out: at h0
   float* d_pre;         // [N,H] out: gradients of the pre-activations
 };
 
-// out [M,N] = x [M,K] w^T + bias, w [N,K], bias [N] or null.
+// out [M,N] = x [M,K] w^T + bias, w [N,K] as kRows panels, bias [N] or null.
 struct LinearArgs {
   int64_t M, N, K;
   const float* x;
-  const float* w;
+  const Panels* w;
   const float* bias;
   float* out;
 };
 
 struct Kernels {
   const char* name;
-  int vector_width;
+  int vector_width;  // V of the Panels these kernels take
   void (*lstm_forward)(const LstmForwardArgs&, int threads);
   void (*lstm_backward)(const LstmBackwardArgs&, int threads);
   void (*rnn_forward)(const RnnForwardArgs&, int threads);

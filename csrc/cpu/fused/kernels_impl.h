@@ -111,8 +111,8 @@ struct Fused {
   static void lstm_forward(const LstmForwardArgs& a, int threads) {
     const StepLayout& L = *a.layout;
     const int64_t H = a.H, P = a.P, G = 4 * H;
-    const Panels w(a.w_hh, G, P, P, 1, V, /*gates=*/true);
-    const Panels wr = a.w_hr ? Panels(a.w_hr, P, H, H, 1, V, false) : Panels();
+    const Panels& w = *a.w_hh;
+    const Panels wr = a.w_hr ? *a.w_hr : Panels();
     const RowTiles tiles(L.batch(), S::kMaxRows);
     const int64_t items = w.blocks() * tiles.count, proj_items = wr.blocks() * tiles.count;
     threads = int(std::min<int64_t>(threads, std::max(items, proj_items)));
@@ -234,10 +234,8 @@ struct Fused {
   }
 
   static void lstm_backward(const LstmBackwardArgs& a, int threads) {
-    const int64_t H = a.H, G = 4 * H;
-    // grad_h = grad_gates_t W_hh: W(n, k) = w_hh[k, n], n < H, k < 4H.
-    const Panels wt(a.w_hh, H, G, 1, H, V, false);
-    backward_loop(*a.layout, a.reverse, H, wt, a.grad_gates, G, a.grad_h, threads,
+    // grad_h = grad_gates_t w_hh.
+    backward_loop(*a.layout, a.reverse, a.H, *a.w_hh, a.grad_gates, 4 * a.H, a.grad_h, threads,
                   [&](int64_t t, int64_t r0, int64_t r1, int64_t u0, int64_t u1) {
                     lstm_cell_backward(a, t, r0, r1, u0, u1);
                   });
@@ -249,7 +247,7 @@ struct Fused {
   static void rnn_forward_impl(const RnnForwardArgs& a, int threads) {
     const StepLayout& L = *a.layout;
     const int64_t H = a.H;
-    const Panels w(a.w_hh, H, H, H, 1, V, false);
+    const Panels& w = *a.w_hh;
     const RowTiles tiles(L.batch(), S::kMaxRows);
     const int64_t items = w.blocks() * tiles.count;
     threads = int(std::min<int64_t>(threads, items));
@@ -282,9 +280,8 @@ struct Fused {
   static void rnn_backward(const RnnBackwardArgs& a, int threads) {
     const StepLayout& L = *a.layout;
     const int64_t H = a.H;
-    const Panels wt(a.w_hh, H, H, 1, H, V, false);
     const R one = S::set1(1.f);
-    backward_loop(L, a.reverse, H, wt, a.d_pre, H, a.grad_h, threads,
+    backward_loop(L, a.reverse, H, *a.w_hh, a.d_pre, H, a.grad_h, threads,
                   [&](int64_t t, int64_t r0, int64_t r1, int64_t u0, int64_t u1) {
                     const int64_t off = L.offset(t);
                     for (int64_t r = r0; r < r1; ++r) {
@@ -312,7 +309,7 @@ struct Fused {
   // streams past them; threads take whole chunks.
   static void linear(const LinearArgs& a, int threads) {
     constexpr int64_t kChunkRows = 96;
-    const Panels w(a.w, a.N, a.K, a.K, 1, V, false);
+    const Panels& w = *a.w;
     const int64_t chunks = (a.M + kChunkRows - 1) / kChunkRows;
     threads = int(std::min<int64_t>(threads, chunks * w.blocks()));
     run_team(threads, [&](int rank, int team, StepBarrier&) {

@@ -1,76 +1,122 @@
-// Weights packed for the register tile (tile.h), once per op call, before
-// the time loop.
+// Weights packed for the register tile (tile.h), once per weight version:
+// the caller (cpu/packed_weights.h) caches them across calls.
 //
 // A product out[b, n] = sum_k in[b, k] * W(n, k) is cut into blocks of
 // kVectors vectors of V output units. Block j's panel is [K][kVectors][V],
 // contiguous and k-major, so one k step of the tile reads kVectors aligned
-// vectors; lanes past the last unit are zero. Which source row feeds which
-// (vector, lane) is the caller's choice:
-//   gate-interleaved (LSTM forward): block j = units [jV, jV+V), vector g =
-//     gate g, so a tile holds i, f, g, o of the same units and the cell
-//     update runs on the registers;
-//   plain: block j = units [4jV, 4jV+4V), vector v = units [4jV+vV, +V).
-// Torch-free; owns its memory.
+// vectors; lanes past the last unit are zero. Which source element feeds
+// which (vector, lane) is the PackKind:
+//   kGates   w [4H,K], the LSTM forward's w_hh: block j = units [jV, jV+V),
+//            vector g = gate g, so a tile holds i, f, g, o of the same units
+//            and the cell update runs on the registers;
+//   kRows    w [N,K] (out = in w^T: w_ih, the RNN's w_hh, w_hr): block j =
+//            units [4jV, 4jV+4V), vector v = units [4jV+vV, +V);
+//   kColumns w [K,N] (out = in w: the backward's product with w_hh), blocked
+//            like kRows.
+// Torch-free; packs into memory the caller owns.
 #pragma once
 
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
-#include <cstdlib>
-#include <memory>
+#include <cstring>
 #include <vector>
+
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#endif
 
 namespace lstm_ext::cpu::fused {
 
 constexpr int kVectors = 4;  // vectors per k step of a panel (= LSTM gates)
 
-struct AlignedFree {
-  void operator()(float* p) const { std::free(p); }
-};
+enum class PackKind { kGates, kRows, kColumns };
 
 class Panels {
  public:
+  // Output units N and reduction length K of the product: kGates has N = H
+  // (w is [4H,K]), kRows N = rows of w, kColumns N = columns of w.
+  static int64_t blocks(PackKind kind, int64_t N, int V) {
+    const int64_t per_block = kind == PackKind::kGates ? V : int64_t(kVectors) * V;
+    return (N + per_block - 1) / per_block;
+  }
+  static size_t floats(PackKind kind, int64_t N, int64_t K, int V) {
+    return size_t(blocks(kind, N, V) * K * kVectors * V);
+  }
+
   Panels() = default;
-  // W(n, k) = w[n * ld_n + k * ld_k] for n < N; `gates` selects the
-  // gate-interleaved layout, where N = 4H and n = gate * H + unit.
-  Panels(const float* w, int64_t N, int64_t K, int64_t ld_n, int64_t ld_k, int V, bool gates)
-      : K_(K), V_(V) {
-    const int64_t units = gates ? N / kVectors : N;
+  // memory: floats(kind, N, K, V) floats, 64-byte aligned.
+  Panels(PackKind kind, const float* w, int64_t N, int64_t K, int V, float* memory)
+      : data_(memory), blocks_(blocks(kind, N, V)), K_(K), V_(V) {
+    const bool gates = kind == PackKind::kGates;
     const int64_t per_block = gates ? V : int64_t(kVectors) * V;
-    blocks_ = (units + per_block - 1) / per_block;
-    const int64_t panel = K * kVectors * V;
-    const size_t bytes = size_t(blocks_ * panel) * sizeof(float);
-    data_.reset(static_cast<float*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64 + 64)));
-    // Source rows of one block: one per (vector, lane), null past the end.
+    if (kind == PackKind::kColumns) {
+      pack_columns(w, N);
+      return;
+    }
     std::vector<const float*> rows(size_t(kVectors) * V);
     for (int64_t j = 0; j < blocks_; ++j) {
       for (int v = 0; v < kVectors; ++v) {
         for (int l = 0; l < V; ++l) {
           const int64_t unit = j * per_block + (gates ? l : int64_t(v) * V + l);
-          const int64_t n = gates ? v * units + unit : unit;
-          rows[v * V + l] = unit < units ? w + n * ld_n : nullptr;
+          const int64_t n = gates ? v * N + unit : unit;
+          rows[v * V + l] = unit < N ? w + n * K : nullptr;
         }
       }
-      // k in chunks of one cache line: each source row is read a line at a
-      // time and the chunk's destination (16 k steps) stays in L1.
-      float* dst = data_.get() + j * panel;
-      constexpr int64_t kChunk = 16;
-      for (int64_t k0 = 0; k0 < K; k0 += kChunk) {
-        const int64_t k1 = std::min(K, k0 + kChunk);
-        for (int64_t e = 0; e < int64_t(kVectors) * V; ++e) {
-          const float* src = rows[e];
-          float* d = dst + e;
-          for (int64_t k = k0; k < k1; ++k) d[k * kVectors * V] = src ? src[k * ld_k] : 0.f;
-        }
-      }
+      transpose_rows(rows.data(), data_ + j * K * kVectors * V);
     }
   }
 
   int64_t blocks() const { return blocks_; }
   int64_t K() const { return K_; }
-  const float* panel(int64_t block) const { return data_.get() + block * K_ * kVectors * V_; }
+  int vector_width() const { return V_; }
+  const float* panel(int64_t block) const { return data_ + block * K_ * kVectors * V_; }
 
  private:
-  std::unique_ptr<float, AlignedFree> data_;
+  // dst [K][E] = rows[e][k] for E = kVectors * V source rows (null: zeros).
+  // Chunks of 16 k keep the chunk's source lines and its 16 destination rows
+  // in L1; within a chunk, 4 x 4 blocks are transposed in registers.
+  void transpose_rows(const float* const* rows, float* dst) const {
+    constexpr int64_t kChunk = 16;
+    const int64_t E = int64_t(kVectors) * V_;  // a multiple of 4
+    for (int64_t k0 = 0; k0 < K_; k0 += kChunk) {
+      const int64_t k1 = std::min(K_, k0 + kChunk);
+      for (int64_t e = 0; e < E; e += 4) {
+        const float* src[4] = {rows[e], rows[e + 1], rows[e + 2], rows[e + 3]};
+        int64_t k = k0;
+#if defined(__SSE__)
+        if (src[0] && src[1] && src[2] && src[3]) {
+          for (; k + 4 <= k1; k += 4) {
+            __m128 r0 = _mm_loadu_ps(src[0] + k), r1 = _mm_loadu_ps(src[1] + k);
+            __m128 r2 = _mm_loadu_ps(src[2] + k), r3 = _mm_loadu_ps(src[3] + k);
+            _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+            _mm_storeu_ps(dst + k * E + e, r0);
+            _mm_storeu_ps(dst + (k + 1) * E + e, r1);
+            _mm_storeu_ps(dst + (k + 2) * E + e, r2);
+            _mm_storeu_ps(dst + (k + 3) * E + e, r3);
+          }
+        }
+#endif
+        for (; k < k1; ++k)
+          for (int i = 0; i < 4; ++i) dst[k * E + e + i] = src[i] ? src[i][k] : 0.f;
+      }
+    }
+  }
+
+  // w [K,N]: block j's panel row k is w[k, 4jV .. 4jV+4V), already contiguous.
+  void pack_columns(const float* w, int64_t N) {
+    const int64_t per_block = int64_t(kVectors) * V_;
+    for (int64_t j = 0; j < blocks_; ++j) {
+      const int64_t n0 = j * per_block, n = std::min(per_block, N - n0);
+      float* dst = data_ + j * K_ * per_block;
+      for (int64_t k = 0; k < K_; ++k) {
+        std::memcpy(dst + k * per_block, w + k * N + n0, sizeof(float) * n);
+        std::fill(dst + k * per_block + n, dst + (k + 1) * per_block, 0.f);
+      }
+    }
+  }
+
+  float* data_ = nullptr;
   int64_t blocks_ = 0, K_ = 0;
   int V_ = 0;
 };

@@ -1,0 +1,39 @@
+#include "cpu/fused/workspace.h"
+
+#include <cstdlib>
+#include <memory>
+#include <new>
+
+namespace lstm_ext::cpu::fused {
+namespace {
+
+struct FreeFloats {
+  void operator()(float* p) const { std::free(p); }
+};
+
+struct Buffer {
+  std::unique_ptr<float, FreeFloats> data;
+  size_t floats = 0;
+};
+
+}  // namespace
+
+float* workspace(Slot slot, size_t floats) {
+  thread_local Buffer buffers[kSlots];
+  Buffer& b = buffers[static_cast<int>(slot)];
+  if (b.floats < floats) {
+    const size_t bytes = (floats * sizeof(float) + 63) / 64 * 64;
+    b.data.reset(static_cast<float*>(std::aligned_alloc(64, bytes)));
+    if (!b.data) throw std::bad_alloc();
+    b.floats = floats;
+  }
+  return b.data.get();
+}
+
+Panels pack_weights(const Kernels& k, Slot slot, PackKind kind, const float* w, int64_t N,
+                    int64_t K) {
+  const int V = k.vector_width;
+  return Panels(kind, w, N, K, V, workspace(slot, Panels::floats(kind, N, K, V)));
+}
+
+}  // namespace lstm_ext::cpu::fused
