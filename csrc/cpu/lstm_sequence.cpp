@@ -58,13 +58,15 @@ void lstm_backward_loop(const StepLayout& layout, bool reverse, int64_t H, int64
                         scalar_t* grad_gates, scalar_t* grad_h_all, scalar_t* h_raw_all,
                         scalar_t* grad_h_raw) {
   if constexpr (std::is_same_v<scalar_t, float>) {
-    const fused::Kernels* k = selected_fused_kernels();
-    if (k != nullptr && w_hr == nullptr) {
-      const fused::Panels w = pack_weights(*k, fused::Slot::kRecurrent, fused::PackKind::kColumns,
-                                           w_hh, H, 4 * H);
-      k->lstm_backward({&layout, reverse, H, &w, gates, cells, c0, grad_y, grad_cells, grad_h,
-                        grad_c, grad_gates},
-                       loop_threads(layout.batch() * 4 * H * H));
+    if (const fused::Kernels* k = selected_fused_kernels()) {
+      using fused::PackKind, fused::Slot;
+      const fused::Panels w = pack_weights(*k, Slot::kRecurrent, PackKind::kColumns, w_hh, P, 4 * H);
+      const fused::Panels wr =
+          w_hr ? pack_weights(*k, Slot::kProjection, PackKind::kColumns, w_hr, H, P)
+               : fused::Panels();
+      k->lstm_backward({&layout, reverse, H, P, &w, w_hr ? &wr : nullptr, gates, cells, c0, grad_y,
+                        grad_cells, grad_h, grad_c, grad_gates, grad_h_all, h_raw_all, grad_h_raw},
+                       loop_threads(layout.batch() * 4 * H * P));
       return;
     }
   }

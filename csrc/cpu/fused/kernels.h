@@ -36,20 +36,25 @@ struct LstmForwardArgs {
   float* h_raw;       // [B,H]  scratch when w_hr; else null
 };
 
-// Without projection (P == H); see lstm_backward_loop.
+// See lstm_backward_loop (lstm_sequence.h).
 struct LstmBackwardArgs {
   const StepLayout* layout;
   bool reverse;
-  int64_t H;
-  const Panels* w_hh;       // kColumns of w_hh [4H,H]
+  int64_t H, P;
+  const Panels* w_hh;       // kColumns of w_hh [4H,P]
+  const Panels* w_hr;       // kColumns of w_hr [P,H], or null (then P == H)
   const float* gates;       // [N,4H] saved activations
   const float* cells;       // [N,H]  saved c_t
   const float* c0;          // [B,H]
-  const float* grad_y;      // [N,H] or null
+  const float* grad_y;      // [N,P] or null
   const float* grad_cells;  // [N,H] or null
-  float* grad_h;            // [B,H] in: at h_n; out: at h0
+  float* grad_h;            // [B,P] in: at h_n; out: at h0
   float* grad_c;            // [B,H] in: at c_n; out: at c0
   float* grad_gates;        // [N,4H] out
+  // With w_hr only (null otherwise):
+  float* grad_h_all;        // [N,P] out: the total gradient at each h_t
+  float* h_raw_all;         // [N,H] out: o * tanh(c_t), recomputed
+  float* grad_h_raw;        // [B,H] scratch
 };
 
 struct RnnForwardArgs {

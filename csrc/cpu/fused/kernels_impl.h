@@ -164,8 +164,9 @@ struct Fused {
   }
 
   // Gate gradients of rows [r0, r1) of step t, units [u0, u1): reads the
-  // saved activations and cells, grad_h (through step t+1) and grad_c;
-  // writes grad_gates_t and grad_c (now at c_{t-1}).
+  // saved activations and cells, the gradient at o * tanh(c_t) (grad_h and
+  // grad_y; with a projection, grad_h_raw) and grad_c; writes grad_gates_t,
+  // grad_c (now at c_{t-1}) and, with a projection, h_raw_all.
   static void lstm_cell_backward(const LstmBackwardArgs& a, int64_t t, int64_t r0, int64_t r1,
                                  int64_t u0, int64_t u1) {
     const StepLayout& L = *a.layout;
@@ -176,9 +177,11 @@ struct Fused {
       const float* gate = a.gates + (off + r) * G;
       const float* c_t = a.cells + (off + r) * H;
       const float* c_prev = r < continuing ? a.cells + (L.offset(p) + r) * H : a.c0 + r * H;
-      const float* gy = a.grad_y ? a.grad_y + (off + r) * H : nullptr;
+      const bool projected = a.w_hr != nullptr;
+      const float* gy = a.grad_y && !projected ? a.grad_y + (off + r) * H : nullptr;
       const float* gc_out = a.grad_cells ? a.grad_cells + (off + r) * H : nullptr;
-      float* gh = a.grad_h + r * H;
+      const float* gh = projected ? a.grad_h_raw + r * H : a.grad_h + r * H;
+      float* h_raw = projected ? a.h_raw_all + (off + r) * H : nullptr;
       float* gc = a.grad_c + r * H;
       float* dg = a.grad_gates + (off + r) * G;
       for (int64_t u = u0; u < u1; u += V) {
@@ -196,6 +199,7 @@ struct Fused {
         S::store_n(dg + 2 * H + u, S::mul(S::mul(dc, i), S::sub(one, S::mul(g, g))), n);
         S::store_n(dg + 3 * H + u, S::mul(S::mul(dh, tc), S::mul(o, S::sub(one, o))), n);
         S::store_n(gc + u, S::mul(dc, f), n);
+        if (h_raw) S::store_n(h_raw + u, S::mul(o, tc), n);
       }
     }
   }
@@ -234,11 +238,60 @@ struct Fused {
   }
 
   static void lstm_backward(const LstmBackwardArgs& a, int threads) {
+    if (a.w_hr) return lstm_backward_projected(a, threads);
     // grad_h = grad_gates_t w_hh.
     backward_loop(*a.layout, a.reverse, a.H, *a.w_hh, a.grad_gates, 4 * a.H, a.grad_h, threads,
                   [&](int64_t t, int64_t r0, int64_t r1, int64_t u0, int64_t u1) {
                     lstm_cell_backward(a, t, r0, r1, u0, u1);
                   });
+  }
+
+  // With h_t = h_raw_t W_hr^T, per visited step t:
+  //   1. grad_h_all_t = grad_h + grad_y_t   (owned P-unit items)
+  //   2. barrier: (3) reads every unit of grad_h_all_t
+  //   3. grad_h_raw = grad_h_all_t W_hr     (owned H-unit items), then the
+  //      cell backward of the same items
+  //   4. barrier: (5) reads every unit of grad_gates_t
+  //   5. grad_h = grad_gates_t W_hh         (owned P-unit items)
+  // (5) and the next step's (1), like (3) and the cell backward, touch the
+  // same units on the same thread, so two barriers per step suffice.
+  static void lstm_backward_projected(const LstmBackwardArgs& a, int threads) {
+    const StepLayout& L = *a.layout;
+    const int64_t H = a.H, P = a.P, G = 4 * H;
+    const RowTiles tiles(L.batch(), S::kMaxRows);
+    const int64_t items_h = a.w_hr->blocks() * tiles.count, items_p = a.w_hh->blocks() * tiles.count;
+    threads = int(std::min<int64_t>(threads, std::max(items_h, items_p)));
+    run_team(threads, [&](int rank, int team, StepBarrier& barrier) {
+      const Share mine_h(items_h, rank, team), mine_p(items_p, rank, team);
+      for (int64_t s = L.steps() - 1; s >= 0; --s) {
+        const int64_t t = L.time_at(s, a.reverse), rows = L.rows(t), off = L.offset(t);
+        float* grad_h_all_t = a.grad_h_all + off * P;
+        for (int64_t item = mine_p.begin; item < mine_p.end; ++item) {
+          const int64_t block = item / tiles.count, tile = item % tiles.count;
+          const int64_t r1 = std::min(tiles.end(tile), rows), u0 = block * kBlockUnits;
+          const int64_t u1 = std::min(u0 + kBlockUnits, P);
+          for (int64_t r = tiles.begin(tile); r < r1; ++r) {
+            for (int64_t u = u0; u < u1; u += V) {
+              const int n = lanes(u, u1);
+              R g = S::load_n(a.grad_h + r * P + u, n);
+              if (a.grad_y) g = S::add(g, S::load_n(a.grad_y + (off + r) * P + u, n));
+              S::store_n(grad_h_all_t + r * P + u, g, n);
+            }
+          }
+        }
+        barrier.wait();
+        project(*a.w_hr, tiles, mine_h, rows, grad_h_all_t, P, a.grad_h_raw, H);
+        for (int64_t item = mine_h.begin; item < mine_h.end; ++item) {
+          const int64_t block = item / tiles.count, tile = item % tiles.count;
+          const int64_t r0 = tiles.begin(tile), r1 = std::min(tiles.end(tile), rows);
+          if (r0 >= r1) continue;
+          const int64_t u0 = block * kBlockUnits;
+          lstm_cell_backward(a, t, r0, r1, u0, std::min(u0 + kBlockUnits, H));
+        }
+        barrier.wait();
+        project(*a.w_hh, tiles, mine_p, rows, a.grad_gates + off * G, G, a.grad_h, P);
+      }
+    });
   }
 
   // ----------------------------------------------------------------- RNN --
