@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 import lstm_ext
-from helpers import F32_GRAD, F32_OUT, assert_dicts_close, assert_message, backprop, leaf, module_pair
+from helpers import F32_GRAD, F32_OUT, assert_dicts_close, assert_message, leaf, module_pair
 
 KERNELS = list(torch.ops.lstm_ext.cpu_kernels())
 ENV = "LSTM_EXT_CPU_KERNEL"
@@ -140,9 +140,10 @@ def make_inputs(case, dtype=torch.float32):
     return x, hx
 
 
-def run(module, case, x, hx, grads=True):
+def run(module, case, x, hx, grads=True, cot_dtype=torch.float32):
     """Outputs (y or y.data, h_n[, c_n]) and, with grads, the gradients of fixed
-    random cotangents w.r.t. the padded input, the initial states and every
+    random cotangents (float32 draws rounded to cot_dtype, then cast to the
+    output dtype) w.r.t. the padded input, the initial states and every
     parameter. -> (outputs, grads or None), detached."""
     lengths = case.lengths()
     inp = x if lengths is None else pack_padded_sequence(
@@ -163,7 +164,10 @@ def run(module, case, x, hx, grads=True):
         for name, s in zip(("h0", "c0"), hx or ()):
             wrt[name] = s
         wrt.update(module.named_parameters())
-        g = {k: v.detach() for k, v in backprop(outs, wrt).items()}
+        gen = torch.Generator().manual_seed(1234)
+        cots = [torch.randn(o.shape, generator=gen).to(cot_dtype).to(o.dtype) for o in outs.values()]
+        grads_ = torch.autograd.grad(list(outs.values()), list(wrt.values()), cots)
+        g = {k: v.detach() for k, v in zip(wrt, grads_)}
     return {k: v.detach() for k, v in outs.items()}, g
 
 
@@ -323,3 +327,35 @@ def test_one_and_two_threads_agree(kernel, case):
         torch.set_num_threads(before)
     for label, a, b in (("output", one[0], two[0]), ("grad", one[1], two[1])):
         assert_dicts_close(b, a, dict(atol=1e-6, rtol=1e-6), f"[{case.id}] 2 vs 1 thread {label}")
+
+
+# --- bfloat16 -----------------------------------------------------------------------------
+
+BF16_CASES = [
+    Case(H=17, B=7, T=8, I=19, bidir=True, packed=True, proj=5),
+    Case(H=65, B=13, T=6, I=5, mode="relu", packed=True),
+]
+
+
+@pytest.mark.parametrize("case", BF16_CASES, ids=[c.id for c in BF16_CASES])
+def test_bfloat16_through_each_kernel(kernel, case):
+    """bfloat16 is computed by the float32 kernels: against a float32 run of
+    the same (bfloat16) weights and inputs, our error is at most twice
+    torch.nn's bfloat16 error plus 2**-10 * max|reference| (as test_bf16.py),
+    for the outputs and every gradient."""
+    ref, ext = make_modules(case)
+    ref, ext = ref.bfloat16(), ext.bfloat16()
+    ref32 = make_modules(case)[0]
+    ref32.load_state_dict({k: v.float() for k, v in ref.state_dict().items()})
+    x, hx = make_inputs(case, torch.bfloat16)
+    up = lambda t: leaf(t.float())  # noqa: E731
+    exp = run(ref32, case, up(x), tuple(map(up, hx)) if hx else None, cot_dtype=torch.bfloat16)
+    got = run(ext, case, x, hx, cot_dtype=torch.bfloat16)
+    theirs = run(ref, case, x, hx, cot_dtype=torch.bfloat16)
+    for i, what in enumerate(("output", "grad")):
+        for k in exp[i]:
+            e = exp[i][k]
+            d_ours = float((got[i][k].float() - e).abs().max())
+            d_torch = float((theirs[i][k].float() - e).abs().max())
+            bound = 2 * d_torch + 2.0 ** -10 * float(e.abs().max())
+            assert d_ours <= bound, f"[{case.id}] {what} {k}: ours {d_ours:.3g} > {bound:.3g} (torch {d_torch:.3g})"
