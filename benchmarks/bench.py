@@ -103,20 +103,39 @@ def variant_of(model: str, packed: bool) -> str:
     return (_MODEL_PREFIX[model].strip() or "LSTM") + (" packed" if packed else "")
 
 
-DEFAULT_SUITE = [
-    # The original 8 shapes come first and unchanged so results stay comparable
-    # with earlier runs (NOTES.md); new variants are only appended.
+# The issue's shapes, in its order and grouped as it groups them: the summary
+# reports geometric means for each group separately (shape_group).
+SMALL_SHAPES = [
+    Shape(200, 1, 64, 64),
+    Shape(200, 8, 64, 64),
+    Shape(100, 4, 128, 128, layers=2),
+    Shape(50, 1, 256, 256),
+]
+LARGE_SHAPES = [
     Shape(100, 32, 256, 256),
     Shape(100, 64, 512, 512),
-    Shape(200, 8, 64, 64),
-    Shape(50, 1, 256, 256),
-    Shape(200, 1, 64, 64),
-    Shape(100, 4, 128, 128, layers=2),
     Shape(50, 32, 256, 256, layers=2),
+]
+GROUPS = {"small": SMALL_SHAPES, "large": LARGE_SHAPES}
+
+DEFAULT_SUITE = [
+    # The issue's 7 shapes first (small, then large); the extra variants
+    # (bidirectional, packed, RNN) follow and belong to no group.
+    *SMALL_SHAPES,
+    *LARGE_SHAPES,
     Shape(100, 16, 128, 128, bidirectional=True),
     Shape(100, 32, 256, 256, packed=True),
     Shape(100, 32, 256, 256, model="RNN_TANH"),
 ]
+
+
+def shape_group(shape: Shape) -> Optional[str]:
+    """"small" or "large" for the issue's shapes (also when given with --shapes), else None."""
+    for name, members in GROUPS.items():
+        if shape in members:
+            return name
+    return None
+
 
 # Small enough to finish in seconds, but still covering every code path the
 # default suite touches (multi-layer, bidirectional, batch of one, packed
@@ -301,6 +320,33 @@ def wait_for_idle(max_wait: float, threshold: float) -> Optional[float]:
     return load
 
 
+KERNEL_ENV = "LSTM_EXT_CPU_KERNEL"
+
+
+def cpu_kernel_info(requested: Optional[str]) -> dict:
+    """Which CPU kernel the ext runs: the request (--kernel), the environment
+    value, the kernels available here (best first) and the effective one.
+    "error" is set when the value names no available kernel."""
+    env = os.environ.get(KERNEL_ENV)
+    info = {"requested": requested, "env": env, "available": None, "effective": None}
+    try:
+        available = list(torch.ops.lstm_ext.cpu_kernels())
+    except (AttributeError, RuntimeError):
+        # An ext without kernel selection (e.g. a stand-in module): nothing to pick.
+        if requested not in (None, "auto"):
+            info["error"] = f"--kernel {requested}: this lstm_ext has no cpu_kernels() op"
+        return info
+    info["available"] = available
+    if env in (None, "", "auto"):
+        info["effective"] = available[0]
+    elif env in available:
+        info["effective"] = env
+    else:
+        info["error"] = (f"{KERNEL_ENV}={env!r} is not a kernel of this build/CPU; "
+                         f"expected auto or one of {', '.join(available)}")
+    return info
+
+
 def load_ext(module_name: str, class_names):
     """Import the implementation under test; fail loudly rather than fall back.
 
@@ -349,18 +395,23 @@ def build_models(shape: Shape, ext_classes, device, dtype, seed: int = 0):
     packing cost is not timed.
     """
     torch.manual_seed(seed)
+    # bfloat16: both models are built in float32 (the same initial weights as a
+    # float32 run) and converted with .bfloat16(), as a user would.
+    build_dtype = torch.float32 if dtype == torch.bfloat16 else dtype
     kwargs = dict(input_size=shape.I, hidden_size=shape.H, num_layers=shape.layers, bias=True,
                   batch_first=False, dropout=0.0, bidirectional=shape.bidirectional,
-                  device=device, dtype=dtype)
+                  device=device, dtype=build_dtype)
     if shape.model != "LSTM":
         kwargs["nonlinearity"] = "relu" if shape.model == "RNN_RELU" else "tanh"
     name = module_class_name(shape.model)
     ref = getattr(torch.nn, name)(**kwargs)
     ext = ext_classes[name](**kwargs)
     ext.load_state_dict(ref.state_dict())
+    if dtype == torch.bfloat16:
+        ref, ext = ref.bfloat16(), ext.bfloat16()
     # Training steps give their own copy of x requires_grad (see make_step), so
     # the input-gradient product counted by rnn_flops is really computed.
-    x = torch.randn(shape.T, shape.B, shape.I, device=device, dtype=dtype)
+    x = torch.randn(shape.T, shape.B, shape.I, device=device, dtype=build_dtype).to(dtype)
     if shape.packed:
         # Packing drops the padding, so neither model can see or spend time on it.
         x = pack_padded_sequence(x, seq_lengths(shape, seed), enforce_sorted=False)
@@ -453,6 +504,91 @@ def check_parity(ref, ext, x, with_grad: bool, tol: float, grad_tol: float) -> d
                     g_rel, worst = rel, name
                 g_ok &= bool(torch.allclose(gr, ge, atol=grad_tol * scale, rtol=grad_tol))
             res.update(grad_ok=g_ok, grad_max_rel_diff=g_rel, grad_worst=worst, ok=fwd_ok and g_ok)
+    except Exception as e:
+        res.setdefault("fwd_ok", False)
+        res.setdefault("max_abs_diff", None)
+        res.update(ok=False, error=f"{type(e).__name__}: {e}")
+    return res
+
+
+# bfloat16 parity: how much worse than torch.nn's own bfloat16 error ours may be
+# (as tests/test_bf16.py): max|ours - ref32| <= BF16_FACTOR * max|torch - ref32|
+# + BF16_FLOOR * max|ref32|, per output and per gradient.
+BF16_FACTOR = 2.0
+BF16_FLOOR = 2.0 ** -10
+
+
+def upcast_input(x, dtype):
+    """x (a tensor or PackedSequence) with its values converted to dtype (exact for bf16 -> fp32)."""
+    if isinstance(x, PackedSequence):
+        return PackedSequence(x.data.to(dtype), x.batch_sizes, x.sorted_indices, x.unsorted_indices)
+    return x.to(dtype)
+
+
+def _outputs_and_grads(m, x, with_grad: bool):
+    """(result tensors, [input grad, parameter grads by sorted name] or None), as float32 copies."""
+    if with_grad:
+        m.train()
+        m.zero_grad(set_to_none=True)
+        xi, leaf = input_with_grad(x)
+        result = m(xi)
+        loss_of(result).backward()
+        grads = [leaf.grad] + [p.grad for _, p in sorted(m.named_parameters())]
+        grads = [None if g is None else g.detach().float() for g in grads]
+    else:
+        m.eval()
+        with torch.no_grad():
+            result = m(x)
+        grads = None
+    return [t.detach().float() for t in result_tensors(result)], grads
+
+
+def check_parity_reduced(ref, ext, x, with_grad: bool) -> dict:
+    """Parity of a bfloat16 run: both implementations against a float32
+    reference holding the same (bfloat16) weights and inputs, upcast.
+
+    max_abs_diff is ours vs that reference, torch_max_abs_diff torch.nn's
+    bfloat16 error vs the same reference; ok when ours is at most BF16_FACTOR
+    times torch's plus BF16_FLOOR * max|reference|, for every output and, with
+    with_grad, every gradient (relative to the largest reference gradient).
+    """
+    import copy
+    res = {"checked": "forward+grad" if with_grad else "forward",
+           "reference": "float32 of the same bfloat16 weights and inputs",
+           "rule": f"ours <= {BF16_FACTOR:g} * torch + {BF16_FLOOR:g} * max|ref|"}
+    packed = isinstance(x, PackedSequence)
+    try:
+        ref32 = copy.deepcopy(ref).float()
+        (o32, g32) = _outputs_and_grads(ref32, upcast_input(x, torch.float32), with_grad)
+        (o_t, g_t) = _outputs_and_grads(ref, x, with_grad)
+        (o_e, g_e) = _outputs_and_grads(ext, x, with_grad)
+        names = ("output.data" if packed else "output", "h_n", "c_n")
+        if len(o_e) != len(o32) or any(a.shape != b.shape for a, b in zip(o_e, o32)):
+            return {**res, "ok": False, "fwd_ok": False, "max_abs_diff": None,
+                    "error": f"result shapes {[tuple(t.shape) for t in o_e]} != reference "
+                             f"{[tuple(t.shape) for t in o32]}"}
+        fwd_ok, ours, theirs = True, 0.0, 0.0
+        for r, t, e, name in zip(o32, o_t, o_e, names):
+            d_e, d_t = _max_abs_diff(r, e), _max_abs_diff(r, t)
+            ours, theirs = max(ours, d_e), max(theirs, d_t)
+            scale = float(r.abs().max()) if r.numel() else 0.0
+            fwd_ok &= bool(d_e <= BF16_FACTOR * d_t + BF16_FLOOR * scale)
+        res.update(ok=fwd_ok, fwd_ok=fwd_ok, max_abs_diff=ours, torch_max_abs_diff=theirs)
+        if with_grad:
+            m_names = ["input.data" if packed else "input"] + [n for n, _ in sorted(ref.named_parameters())]
+            g_ok, rel_e, rel_t, worst = True, 0.0, 0.0, None
+            for name, gr, gt, ge in zip(m_names, g32, g_t, g_e):
+                if gr is None or ge is None or gt is None or gr.shape != ge.shape:
+                    g_ok, worst = False, f"{name}: missing or misshapen gradient"
+                    break
+                scale = max(float(gr.abs().max()), 1e-12)
+                r_e, r_t = _max_abs_diff(gr, ge) / scale, _max_abs_diff(gr, gt) / scale
+                if r_e > rel_e:
+                    rel_e, worst = r_e, name
+                rel_t = max(rel_t, r_t)
+                g_ok &= bool(r_e <= BF16_FACTOR * r_t + BF16_FLOOR)
+            res.update(grad_ok=g_ok, grad_max_rel_diff=rel_e, grad_torch_max_rel_diff=rel_t,
+                       grad_worst=worst, ok=fwd_ok and g_ok)
     except Exception as e:
         res.setdefault("fwd_ok", False)
         res.setdefault("max_abs_diff", None)
@@ -586,7 +722,8 @@ def run_shape(shape: Shape, modes, ext_classes, device, dtype, timed, args, tol,
     """All modes of one shape: build once, check parity once, time each mode."""
     records = []
     tokens = real_tokens(shape)
-    base = {**asdict(shape), "shape": shape.label, "spec": shape.spec, "real_tokens": tokens}
+    base = {**asdict(shape), "shape": shape.label, "spec": shape.spec, "group": shape_group(shape),
+            "real_tokens": tokens}
     cls = module_class_name(shape.model)
     try:
         ref, ext, x = build_models(shape, ext_classes, device, dtype, seed=args.seed)
@@ -594,7 +731,10 @@ def run_shape(shape: Shape, modes, ext_classes, device, dtype, timed, args, tol,
         msg = f"{type(e).__name__}: {e}"
         warn(f"!!! {shape.label}: could not build/load models: {msg}")
         return [{**base, "mode": m, "error": msg, "parity": {"ok": False}} for m in modes]
-    parity = check_parity(ref, ext, x, with_grad="training" in modes, tol=tol, grad_tol=grad_tol)
+    if dtype == torch.bfloat16:
+        parity = check_parity_reduced(ref, ext, x, with_grad="training" in modes)
+    else:
+        parity = check_parity(ref, ext, x, with_grad="training" in modes, tol=tol, grad_tol=grad_tol)
     if not parity["ok"]:
         warn("!" * 78 + f"\n!!! PARITY FAILURE {shape.label}: lstm_ext disagrees with torch.nn.{cls}: "
              f"{json.dumps(parity)}\n!!! its timings below are for a BROKEN implementation\n" + "!" * 78)
@@ -654,7 +794,10 @@ def format_table(records, gemm_gflops: float) -> str:
     for r in records:
         par = r.get("parity", {})
         par_s = "ok" if par.get("ok") else "FAIL"
-        if par.get("max_abs_diff") is not None:
+        if par.get("torch_max_abs_diff") is not None and par.get("max_abs_diff") is not None:
+            # reduced precision: both errors vs the float32 reference
+            par_s += f" (ours {par['max_abs_diff']:.1e} / torch {par['torch_max_abs_diff']:.1e})"
+        elif par.get("max_abs_diff") is not None:
             par_s += f" ({par['max_abs_diff']:.1e})"
         if "error" in r:
             rows.append([r["shape"], r["mode"], "-", "-", "ERROR", "-", "-", "-", "-", par_s])
@@ -699,6 +842,41 @@ def geomean_by_variant(records) -> dict:
     return {v: geomean_speedups([r for r in records
                                  if variant_of(r.get("model", "LSTM"), r.get("packed", False)) == v])
             for v in variants}
+
+
+def summary_by_group(records) -> dict:
+    """Per group of the issue ("small", "large") and mode: geomean and minimum
+    speedup, and the range of ext GFLOP/s as a fraction of the GEMM ceiling.
+    Shapes outside the groups are left out (they are in geomean_speedup)."""
+    out = {}
+    for group in GROUPS:
+        per_mode = {}
+        for mode in dict.fromkeys(r["mode"] for r in records):
+            rs = [r for r in records if r.get("group") == group and r["mode"] == mode and "speedup" in r]
+            if not rs:
+                continue
+            worst = min(rs, key=lambda r: r["speedup"])
+            eff = [r["gemm_efficiency"] for r in rs if "gemm_efficiency" in r] or [float("nan")]
+            per_mode[mode] = {
+                "geomean": math.exp(sum(math.log(r["speedup"]) for r in rs) / len(rs)), "n": len(rs),
+                "min_speedup": worst["speedup"], "min_shape": worst["shape"],
+                "gemm_efficiency_min": min(eff), "gemm_efficiency_max": max(eff),
+                "parity_failures": sum(1 for r in rs if not r.get("parity", {}).get("ok")),
+            }
+        if per_mode:
+            out[group] = per_mode
+    return out
+
+
+def min_speedups(records) -> dict:
+    """The slowest single case per mode, over every shape of the run."""
+    out = {}
+    for mode in dict.fromkeys(r["mode"] for r in records):
+        rs = [r for r in records if r["mode"] == mode and "speedup" in r]
+        if rs:
+            w = min(rs, key=lambda r: r["speedup"])
+            out[mode] = {"speedup": w["speedup"], "shape": w["shape"]}
+    return out
 
 
 def torch_classes(records) -> str:
@@ -783,7 +961,13 @@ def parse_args(argv=None):
                         "varied lengths)")
     p.add_argument("--quick", action="store_true", help="tiny suite and short timing: a smoke test")
     p.add_argument("--mode", choices=["inference", "training", "both"], default="both")
-    p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    p.add_argument("--dtype", choices=["float32", "float64", "bfloat16"], default="float32",
+                   help="bfloat16: both models converted with .bfloat16(), bf16 inputs; parity is each "
+                        "one's error vs a float32 run of the same values; the GEMM ceiling stays float32 "
+                        "(lstm_ext computes bf16 in float32)")
+    p.add_argument("--kernel", default=None, metavar="NAME",
+                   help="set LSTM_EXT_CPU_KERNEL=NAME for the run: one of torch.ops.lstm_ext.cpu_kernels() "
+                        "(e.g. avx512, avx2, generic, reference) or auto; default: the environment's")
     p.add_argument("--device", choices=["cpu", "cuda"],
                    default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None,
@@ -817,6 +1001,8 @@ def parse_args(argv=None):
             args.warmup = 1
         if "--gemm-size" not in given:
             args.gemm_size = 1024
+    if args.dtype == "bfloat16" and args.device != "cpu":
+        p.error("--dtype bfloat16 is supported on the CPU only (--device cpu)")
     if args.repeats < 1 or args.max_repeats < args.repeats or args.warmup < 0:
         p.error("need 1 <= --repeats <= --max-repeats and --warmup >= 0")
     return args
@@ -830,19 +1016,31 @@ def main(argv=None) -> int:
         sys.exit("error: --device cuda but torch.cuda.is_available() is False")
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
+    # lstm_ext computes bfloat16 in float32, so its ceiling is the float32 GEMM (sgemm).
+    gemm_dtype = torch.float32 if dtype == torch.bfloat16 else dtype
+    if args.kernel is not None:
+        # Read by the ops at every call; set before anything runs.
+        os.environ[KERNEL_ENV] = args.kernel
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
     shapes = args.shapes or (QUICK_SUITE if args.quick else DEFAULT_SUITE)
     ext_classes, ext_mod, ext_version = load_ext(
         args.ext_module, dict.fromkeys(module_class_name(s.model) for s in shapes))
+    kernel_info = cpu_kernel_info(args.kernel)
+    if kernel_info.get("error"):
+        sys.exit(f"error: {kernel_info['error']}")
     modes = ["inference", "training"] if args.mode == "both" else [args.mode]
     tol, grad_tol = (1e-4, 1e-3) if dtype == torch.float32 else (1e-9, 1e-8)
     timed = make_timer(device)
 
     slug = machine_slug(device, threads)
     tag = args.tag or ("quick" if args.quick else "custom" if args.shapes else None)
-    stem = slug + ("" if dtype == torch.float32 else f"-{args.dtype}") + (f"-{tag}" if tag else "")
+    dtype_suffix = {torch.float32: "", torch.bfloat16: "-bf16"}.get(dtype, f"-{args.dtype}")
+    # A kernel other than the default one gets its own files; the default keeps the plain name.
+    eff, avail = kernel_info.get("effective"), kernel_info.get("available") or []
+    kernel_suffix = f"-{eff}" if eff and avail and eff != avail[0] else ""
+    stem = slug + dtype_suffix + kernel_suffix + (f"-{tag}" if tag else "")
     os.makedirs(args.out_dir, exist_ok=True)
 
     warnings = []
@@ -860,7 +1058,7 @@ def main(argv=None) -> int:
             busy_before = wait_for_idle(args.idle_wait, BUSY_WARN / 2)
     gemm_time = 0.3 if args.quick else 1.0
     gemm, gemm_load, _ = measure_on_quiet_machine(
-        lambda: gemm_ceiling(device, dtype, args.gemm_size, timed, min_time=gemm_time),
+        lambda: gemm_ceiling(device, gemm_dtype, args.gemm_size, timed, min_time=gemm_time),
         device, args, warn, "GEMM ceiling")
     meta = {
         "machine": slug,
@@ -883,15 +1081,22 @@ def main(argv=None) -> int:
         "timing": {"warmup": args.warmup, "min_repeats": args.repeats, "max_repeats": args.max_repeats,
                    "min_time_s": args.min_time, "statistic": "median of interleaved rounds",
                    "timer": "torch.cuda.Event" if device.type == "cuda" else "time.perf_counter"},
-        "parity_tolerance": {"forward_atol_rtol": tol, "grad_rel": grad_tol},
-        "gemm_ceiling": {**gemm, "dtype": args.dtype},
+        "parity_tolerance": ({"rule": f"ours <= {BF16_FACTOR:g} * torch.nn + {BF16_FLOOR:g} * max|ref|",
+                              "reference": "float32 of the same bfloat16 weights and inputs"}
+                             if dtype == torch.bfloat16 else {"forward_atol_rtol": tol, "grad_rel": grad_tol}),
+        "cpu_kernel": kernel_info,
+        "gemm_ceiling": {**gemm, "dtype": str(gemm_dtype).replace("torch.", "")},
     }
     print(f"machine   {slug}  ({meta['device_name']}, {threads} threads of {os.cpu_count()} cores)")
     print(f"torch     {torch.__version__} (cpu capability {meta['torch_cpu_capability']}, "
           f"mkldnn {'on' if meta['torch_mkldnn_enabled'] else 'off'})")
     print(f"lstm_ext  {ext_version or '?'} from {meta['ext_path']}  [git {meta['git_commit'] or 'n/a'}]")
     print(f"dtype     {args.dtype} on {args.device}")
-    print(f"GEMM      {gemm['gflops']:.1f} GFLOP/s  (torch.mm {gemm['n']}x{gemm['n']} {args.dtype}, median)")
+    if kernel_info.get("available"):
+        print(f"kernel    {kernel_info['effective']}  ({KERNEL_ENV}={kernel_info['env'] or '(unset)'}; "
+              f"available: {', '.join(kernel_info['available'])})")
+    print(f"GEMM      {gemm['gflops']:.1f} GFLOP/s  (torch.mm {gemm['n']}x{gemm['n']} "
+          f"{meta['gemm_ceiling']['dtype']}, median)")
     print(flush=True)
 
     if busy_before is not None and busy_before > BUSY_WARN:
@@ -911,7 +1116,7 @@ def main(argv=None) -> int:
     # A second GEMM measurement brackets the run: if the machine's speed changed
     # (load, throttling) the two disagree and the results deserve suspicion.
     gemm_after, gemm_after_load, _ = measure_on_quiet_machine(
-        lambda: gemm_ceiling(device, dtype, args.gemm_size, timed, min_time=gemm_time),
+        lambda: gemm_ceiling(device, gemm_dtype, args.gemm_size, timed, min_time=gemm_time),
         device, args, warn, "GEMM ceiling (after)")
     busy_after = cpu_busy_fraction() if device.type == "cpu" else None
     drift = gemm_after["gflops"] / gemm["gflops"] - 1.0
@@ -926,8 +1131,13 @@ def main(argv=None) -> int:
              f"({100 * drift:+.0f}%) before/after the suite, other-process CPU use after: "
              f"{'n/a' if busy_after is None else f'{100 * busy_after:.0f}%'}; absolute ms and GFLOP/s are "
              f"uncertain by about that much, interleaved speedups much less")
+    for r in records:
+        if "ext_gflops" in r:
+            r["gemm_efficiency"] = r["ext_gflops"] / meta["gemm_ceiling"]["gflops"]
     meta["geomean_speedup"] = geomean_speedups(records)
     meta["geomean_speedup_by_variant"] = geomean_by_variant(records)
+    meta["summary_by_group"] = summary_by_group(records)
+    meta["min_speedup"] = min_speedups(records)
 
     print(format_table(records, meta["gemm_ceiling"]["gflops"]))
     notes = []
@@ -947,8 +1157,16 @@ def main(argv=None) -> int:
         if len(by_variant) > 1:
             print("    by variant: " + ", ".join(f"{v} {gv[mode]['geomean']:.2f}x ({gv[mode]['n']})"
                                               for v, gv in by_variant.items() if mode in gv))
-    print(f"GEMM ceiling: {meta['gemm_ceiling']['gflops']:.1f} GFLOP/s (before {gemm['gflops']:.1f}, "
-          f"after {gemm_after['gflops']:.1f}; % GEMM uses the better)")
+    for group, per_mode in meta["summary_by_group"].items():
+        for mode, g in per_mode.items():
+            print(f"{group:5s} {mode:9s}: geomean {g['geomean']:.2f}x over {g['n']} shapes, "
+                  f"min {g['min_speedup']:.2f}x ({g['min_shape']}), ext at {100 * g['gemm_efficiency_min']:.1f}"
+                  f"-{100 * g['gemm_efficiency_max']:.1f}% of the GEMM ceiling")
+    for mode, m in meta["min_speedup"].items():
+        print(f"min speedup ({mode}): {m['speedup']:.2f}x  ({m['shape']})")
+    print(f"GEMM ceiling: {meta['gemm_ceiling']['gflops']:.1f} GFLOP/s {meta['gemm_ceiling']['dtype']} "
+          f"(before {gemm['gflops']:.1f}, after {gemm_after['gflops']:.1f}; % GEMM = ext GFLOP/s / "
+          f"the better)")
     print(f"suite time: {meta['elapsed_s']:.1f} s")
 
     json_path = os.path.join(args.out_dir, stem + ".json")
