@@ -43,6 +43,17 @@ void like_compute(const at::Tensor& t, const at::Tensor& x, const char* op, cons
               " (the device of x), got ", t.device());
 }
 
+void bias(const at::Tensor& b, const at::Tensor& x, const char* op) {
+  const auto storage = x.scalar_type();
+  const auto compute = compute_dtype(storage);
+  if (compute == storage) return like(b, x, op, "bias");
+  TORCH_CHECK(b.scalar_type() == storage || b.scalar_type() == compute, op,
+              ": bias: expected dtype ", storage, " (the dtype of x) or ", compute,
+              " (the compute dtype for x of dtype ", storage, "), got ", b.scalar_type());
+  TORCH_CHECK(b.device() == x.device(), op, ": bias: expected device ", x.device(),
+              " (the device of x), got ", b.device());
+}
+
 void floating(const at::Tensor& x, const char* op) {
   const auto dt = x.scalar_type();
   const bool ok = dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16 ||
@@ -135,7 +146,7 @@ LstmDims check_lstm_forward_args(const at::Tensor& x, const at::Tensor& w_ih,
   check::like(w_ih, x, op, "w_ih");
   check::shape(w_ih, op, "w_ih", "[4H, I]", {4 * H, I});
   if (bias.has_value() && bias->defined()) {
-    check::like(*bias, x, op, "bias");
+    check::bias(*bias, x, op);
     check::shape(*bias, op, "bias", "[4H]", {4 * H});
   }
   check::like(h0, x, op, "h0");

@@ -48,7 +48,8 @@ struct LstmDims {
 StepLayout make_step_layout(const SequenceDims& seq, const std::optional<at::Tensor>& batch_sizes);
 
 // Validates lstm_forward's arguments: ranks, shapes, batch_sizes, one
-// floating dtype and one device for all tensors.
+// floating dtype and one device for all tensors, except that the bias may also
+// be in x's compute dtype (float32 for a bfloat16 x; check::bias).
 LstmDims check_lstm_forward_args(const at::Tensor& x, const at::Tensor& w_ih,
                                  const at::Tensor& w_hh, const std::optional<at::Tensor>& bias,
                                  const at::Tensor& h0, const at::Tensor& c0,
@@ -78,6 +79,11 @@ void like(const at::Tensor& t, const at::Tensor& x, const char* op, const char* 
 // x's device, and x's compute dtype (compute_dtype.h): float32 for a bfloat16
 // x, else x's dtype. For the activations a forward saves (gates, cells).
 void like_compute(const at::Tensor& t, const at::Tensor& x, const char* op, const char* name);
+// The combined bias (b_ih + b_hh): x's device, and x's dtype or x's compute
+// dtype. For a bfloat16 x both bfloat16 and float32 are accepted; a float32
+// bias (the sum of two bfloat16 biases taken in float32, as torch.nn does) is
+// used as is, without a rounding to bfloat16.
+void bias(const at::Tensor& b, const at::Tensor& x, const char* op);
 // x's dtype is one the backend computes in: float32, float64 or bfloat16
 // (bfloat16 computed in float32); on CUDA also float16.
 void floating(const at::Tensor& x, const char* op);

@@ -9,9 +9,16 @@
 // size of h (proj_size, or H without a projection), N packed rows.
 //
 // Dtypes: every tensor argument and result has x's dtype (float32, float64,
-// or bfloat16, which is computed in float32), except the LSTM's saved
-// activations `gates` and `cells` and the gradient `grad_cells`: these are in
-// the compute dtype, float32 for a bfloat16 x (csrc/compute_dtype.h).
+// or bfloat16, which is computed in float32), except
+//  - the LSTM's saved activations `gates` and `cells` and the gradient
+//    `grad_cells`: these are in the compute dtype, float32 for a bfloat16 x
+//    (csrc/compute_dtype.h);
+//  - `bias`, which may be in x's dtype or in its compute dtype: the modules
+//    pass b_ih + b_hh summed in float32 for bfloat16 parameters, as torch.nn
+//    does, since a bfloat16 sum can flip the sign of a pre-activation near 0;
+//  - the backward ops' `grad_bias`, which is in the compute dtype (the float32
+//    sum over rows, unrounded); the autograd formula casts it to the bias's
+//    dtype.
 #include <torch/library.h>
 
 TORCH_LIBRARY(lstm_ext, m) {
@@ -41,8 +48,9 @@ TORCH_LIBRARY(lstm_ext, m) {
   // batch_sizes and w_hr, and its saved y, gates and cells. An absent (None)
   // output gradient counts as zero. grad_cells is the gradient of `cells`.
   // Returns grad_x (an empty [0] tensor when need_grad_x is false),
-  // grad_w_ih [4H,I], grad_w_hh [4H,P], grad_bias [4H], grad_h0 [B,P],
-  // grad_c0 [B,H], and grad_w_hr [P,H] (an empty [0] tensor without w_hr).
+  // grad_w_ih [4H,I], grad_w_hh [4H,P], grad_bias [4H] (in the compute
+  // dtype), grad_h0 [B,P], grad_c0 [B,H], and grad_w_hr [P,H] (an empty [0]
+  // tensor without w_hr).
   m.def(
       "lstm_backward(Tensor? grad_y, Tensor? grad_h_n, Tensor? grad_c_n, Tensor? grad_cells, "
       "Tensor x, Tensor w_ih, Tensor w_hh, Tensor h0, Tensor c0, Tensor y, Tensor gates, "
@@ -78,7 +86,7 @@ TORCH_LIBRARY(lstm_ext, m) {
 
   // Gradients of one rnn_forward call given its inputs and its output y.
   // Returns grad_x (empty [0] when need_grad_x is false), grad_w_ih [H,I],
-  // grad_w_hh [H,H], grad_bias [H], grad_h0 [B,H].
+  // grad_w_hh [H,H], grad_bias [H] (in the compute dtype), grad_h0 [B,H].
   m.def(
       "rnn_backward(Tensor? grad_y, Tensor? grad_h_n, Tensor x, Tensor w_ih, Tensor w_hh, "
       "Tensor h0, Tensor y, bool reverse, bool relu, bool need_grad_x, "

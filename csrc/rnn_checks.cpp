@@ -20,7 +20,7 @@ RnnDims check_rnn_args(const char* op, const at::Tensor& x, const at::Tensor& w_
   check::like(w_ih, x, op, "w_ih");
   check::shape(w_ih, op, "w_ih", "[H, I]", {H, I});
   if (bias.has_value() && bias->defined()) {
-    check::like(*bias, x, op, "bias");
+    check::bias(*bias, x, op);
     check::shape(*bias, op, "bias", "[H]", {H});
   }
   check::like(h0, x, op, "h0");

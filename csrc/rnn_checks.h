@@ -23,7 +23,8 @@ struct RnnDims {
 
 // Validates rnn_forward's arguments: x [T,B,I] (or packed [N,I] with
 // batch_sizes), w_ih [H,I], w_hh [H,H], bias [H] or None, h0 [B,H]; one
-// floating dtype and one device for all tensors.
+// floating dtype and one device for all tensors, except that the bias may also
+// be in x's compute dtype (float32 for a bfloat16 x; check::bias).
 RnnDims check_rnn_forward_args(const at::Tensor& x, const at::Tensor& w_ih,
                                const at::Tensor& w_hh, const std::optional<at::Tensor>& bias,
                                const at::Tensor& h0,

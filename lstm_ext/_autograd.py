@@ -37,6 +37,42 @@ def check_like_x(op: str, x: Tensor, **tensors: Optional[Tensor]) -> None:
             raise RuntimeError(f"{op}: {name}: expected dtype {x.dtype} (the dtype of x), got {t.dtype}")
 
 
+def check_bias_like_x(op: str, x: Tensor, bias: Optional[Tensor]) -> None:
+    """The bias check the real kernels make (csrc/checks.cpp, check::bias): x's
+    device, and x's dtype or x's compute dtype (float32 for bfloat16)."""
+    if bias is None:
+        return
+    if bias.device != x.device:
+        raise RuntimeError(f"{op}: bias: expected device {x.device} (the device of x), got {bias.device}")
+    compute = compute_dtype(x.dtype)
+    if compute == x.dtype:
+        if bias.dtype != x.dtype:
+            raise RuntimeError(f"{op}: bias: expected dtype {x.dtype} (the dtype of x), got {bias.dtype}")
+    elif bias.dtype not in (x.dtype, compute):
+        raise RuntimeError(
+            f"{op}: bias: expected dtype {x.dtype} (the dtype of x) or {compute} (the compute dtype "
+            f"for x of dtype {x.dtype}), got {bias.dtype}"
+        )
+
+
+def combine_biases(bias_ih: Tensor, bias_hh: Tensor) -> Tensor:
+    """``bias_ih + bias_hh``, the one bias the ops take, summed in the compute
+    dtype: float32 for bfloat16 parameters (as torch.nn/oneDNN does; a sum
+    rounded to bfloat16 can flip the sign of a pre-activation near 0), a plain
+    sum, with no cast, for float32 and float64. Differentiable in both."""
+    compute = compute_dtype(bias_ih.dtype)
+    if compute != bias_ih.dtype:
+        return bias_ih.to(compute) + bias_hh.to(compute)
+    return bias_ih + bias_hh
+
+
+def grad_bias_as(grad_bias: Tensor, bias: Tensor) -> Tensor:
+    """The backward ops return grad_bias in the compute dtype (float32 for a
+    bfloat16 x); autograd wants it in the bias's dtype. No-op when they agree
+    (always for float32 and float64)."""
+    return grad_bias if grad_bias.dtype == bias.dtype else grad_bias.to(bias.dtype)
+
+
 def check_compute_like_x(op: str, x: Tensor, **tensors: Optional[Tensor]) -> None:
     """check_like_x for tensors kept in x's compute dtype (saved activations)."""
     expected = compute_dtype(x.dtype)
@@ -56,12 +92,13 @@ def fake_layer_grads(x: Tensor, w_ih: Tensor, w_hh: Tensor, h0: Tensor, need_gra
     """Fake (grad_x, grad_w_ih, grad_w_hh, grad_bias, grad_h0), the outputs the
     LSTM and RNN backward ops share. The real kernels return fresh contiguous
     tensors whatever the inputs' strides, so these use new_empty(shape), never
-    empty_like; grad_x is an empty [0] tensor when not needed."""
+    empty_like; grad_x is an empty [0] tensor when not needed; grad_bias is in
+    x's compute dtype (float32 for bfloat16)."""
     return (
         x.new_empty(x.shape) if need_grad_x else x.new_empty((0,)),
         w_ih.new_empty(w_ih.shape),
         w_hh.new_empty(w_hh.shape),
-        w_hh.new_empty((w_hh.shape[0],)),
+        w_hh.new_empty((w_hh.shape[0],), dtype=compute_dtype(x.dtype)),
         h0.new_empty(h0.shape),
     )
 

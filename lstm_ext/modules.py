@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
+from ._autograd import combine_biases
 from .ops import SUPPORTED_DEVICE_TYPES, lstm_layer
 from .rnn_ops import rnn_layer
 
@@ -399,7 +400,7 @@ class LSTM(_RecurrentBase):
         return (self.proj_size or self.hidden_size, self.hidden_size)
 
     def _run_layer(self, x, params, states, reverse, batch_sizes, return_cells):
-        bias = params["bias_ih"] + params["bias_hh"] if self.bias else None
+        bias = combine_biases(params["bias_ih"], params["bias_hh"]) if self.bias else None
         result = lstm_layer(
             x, params["weight_ih"], params["weight_hh"], bias, states[0], states[1], reverse=reverse,
             batch_sizes=batch_sizes, w_hr=params.get("weight_hr"), return_cells=return_cells,
@@ -445,7 +446,7 @@ class RNN(_RecurrentBase):
         return (self.hidden_size,)
 
     def _run_layer(self, x, params, states, reverse, batch_sizes, return_cells):
-        bias = params["bias_ih"] + params["bias_hh"] if self.bias else None
+        bias = combine_biases(params["bias_ih"], params["bias_hh"]) if self.bias else None
         y, h_n = rnn_layer(
             x, params["weight_ih"], params["weight_hh"], bias, states[0], reverse=reverse,
             relu=self.nonlinearity == "relu", batch_sizes=batch_sizes,
@@ -500,7 +501,7 @@ class _CellBase(nn.Module):
         return s.format(**self.__dict__)
 
     def _combined_bias(self) -> Optional[Tensor]:
-        return self.bias_ih + self.bias_hh if self.bias else None
+        return combine_biases(self.bias_ih, self.bias_hh) if self.bias else None
 
     def _prepare(self, input, hx) -> Tuple[Tensor, Tuple[Tensor, ...], bool]:
         """-> (input [1, B, I], states ([B, H], ...), batched)."""

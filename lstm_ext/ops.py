@@ -13,11 +13,13 @@ from torch import Tensor
 
 from . import _C  # noqa: F401  (loads the library that registers the ops)
 from ._autograd import (
+    check_bias_like_x,
     check_compute_like_x,
     check_like_x,
     compute_dtype,
     differentiable_grads,
     fake_layer_grads,
+    grad_bias_as,
     needs_grad,
     register_opaque_backward,
 )
@@ -66,7 +68,9 @@ def lstm_layer(
 
     Every tensor has one dtype: float32, float64 or (on the CPU) bfloat16,
     which is computed in float32 with a float32 cell state and returned in
-    bfloat16, ``cells`` included.
+    bfloat16, ``cells`` included. The one exception is ``bias``, which may
+    also be float32 for a bfloat16 ``x`` (the modules pass ``b_ih + b_hh``
+    summed in float32); its gradient then is float32 too.
     """
     save = return_cells or needs_grad(x, w_ih, w_hh, bias, h0, c0, w_hr)
     y, h_n, c_n, _, cells = _forward_op(x, w_ih, w_hh, bias, h0, c0, reverse, save, batch_sizes, w_hr)
@@ -83,7 +87,8 @@ def _sequence_shape(x: Tensor, features: int):
 
 @torch.library.register_fake("lstm_ext::lstm_forward")
 def _lstm_forward_fake(x, w_ih, w_hh, bias, h0, c0, reverse, save_for_backward, batch_sizes=None, w_hr=None):
-    check_like_x("lstm_forward", x, w_ih=w_ih, w_hh=w_hh, bias=bias, h0=h0, c0=c0, w_hr=w_hr)
+    check_like_x("lstm_forward", x, w_ih=w_ih, w_hh=w_hh, h0=h0, c0=c0, w_hr=w_hr)
+    check_bias_like_x("lstm_forward", x, bias)
     H = w_hh.shape[0] // 4
     P = w_hh.shape[1]
     y = x.new_empty(_sequence_shape(x, P))
@@ -120,7 +125,6 @@ def _setup_context(ctx, inputs, output):
     y, _, _, gates, cells = output
     ctx.reverse = reverse
     ctx.saved = save_for_backward
-    ctx.has_bias = bias is not None
     ctx.batch_sizes = batch_sizes
     ctx.mark_non_differentiable(gates)
     # Absent output gradients stay None, and the kernel reads None as zero,
@@ -139,7 +143,7 @@ def _lstm_forward_backward(ctx, grad_y, grad_h_n, grad_c_n, _grad_gates, grad_ce
             "activations to differentiate. Call it with save_for_backward=True when gradients "
             "are needed (lstm_ext.ops.lstm_layer decides this automatically)."
         )
-    x, w_ih, w_hh, h0, c0, y, gates, cells, w_hr, _ = ctx.saved_tensors
+    x, w_ih, w_hh, h0, c0, y, gates, cells, w_hr, bias = ctx.saved_tensors
     needs = ctx.needs_input_grad
     grads = _backward_op(
         grad_y, grad_h_n, grad_c_n, grad_cells, x, w_ih, w_hh, h0, c0, y, gates, cells,
@@ -150,7 +154,7 @@ def _lstm_forward_backward(ctx, grad_y, grad_h_n, grad_c_n, _grad_gates, grad_ce
         grad_x if needs[0] else None,
         grad_w_ih if needs[1] else None,
         grad_w_hh if needs[2] else None,
-        grad_bias if ctx.has_bias and needs[3] else None,
+        grad_bias_as(grad_bias, bias) if bias is not None and needs[3] else None,
         grad_h0 if needs[4] else None,
         grad_c0 if needs[5] else None,
         None,

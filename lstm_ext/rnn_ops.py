@@ -14,7 +14,14 @@ import torch
 from torch import Tensor
 
 from . import _C  # noqa: F401  (loads the library that registers the ops)
-from ._autograd import check_like_x, differentiable_grads, fake_layer_grads, register_opaque_backward
+from ._autograd import (
+    check_bias_like_x,
+    check_like_x,
+    differentiable_grads,
+    fake_layer_grads,
+    grad_bias_as,
+    register_opaque_backward,
+)
 
 __all__ = ["rnn_layer"]
 
@@ -48,7 +55,9 @@ def rnn_layer(
     Differentiable in every tensor argument, twice (double backward takes a
     slower, recomputing path). Every tensor has one dtype: float32, float64
     or (on the CPU) bfloat16, which is computed in float32 and returned in
-    bfloat16.
+    bfloat16; ``bias`` alone may also be float32 for a bfloat16 ``x`` (the
+    modules pass ``b_ih + b_hh`` summed in float32), and its gradient then is
+    float32 too.
     """
     return _forward_op(x, w_ih, w_hh, bias, h0, reverse, relu, batch_sizes)
 
@@ -59,7 +68,8 @@ def rnn_layer(
 
 @torch.library.register_fake("lstm_ext::rnn_forward")
 def _rnn_forward_fake(x, w_ih, w_hh, bias, h0, reverse, relu, batch_sizes=None):
-    check_like_x("rnn_forward", x, w_ih=w_ih, w_hh=w_hh, bias=bias, h0=h0)
+    check_like_x("rnn_forward", x, w_ih=w_ih, w_hh=w_hh, h0=h0)
+    check_bias_like_x("rnn_forward", x, bias)
     H = w_hh.shape[0]
     return x.new_empty((*x.shape[:-1], H)), x.new_empty((h0.shape[0], H))
 
@@ -77,7 +87,6 @@ def _setup_context(ctx, inputs, output):
     y, _ = output
     ctx.reverse = reverse
     ctx.relu = relu
-    ctx.has_bias = bias is not None
     ctx.batch_sizes = batch_sizes
     # Absent output gradients stay None, and the kernel reads None as zero,
     # instead of autograd materialising tensors of zeros.
@@ -105,7 +114,7 @@ def _rnn_forward_backward(ctx, grad_y, grad_h_n):
         grad_x if needs[0] else None,
         grad_w_ih if needs[1] else None,
         grad_w_hh if needs[2] else None,
-        grad_bias if ctx.has_bias and needs[3] else None,
+        grad_bias_as(grad_bias, bias) if bias is not None and needs[3] else None,
         grad_h0 if needs[4] else None,
         None,
         None,
