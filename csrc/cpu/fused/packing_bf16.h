@@ -20,6 +20,10 @@
 
 #include "cpu/fused/packing.h"
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 namespace lstm_ext::cpu::fused {
 
 // The bits of one bfloat16 (layout-compatible with c10::BFloat16). A class
@@ -44,27 +48,15 @@ class PairPanels {
       : data_(memory), blocks_(Panels::blocks(kind, N, V)), K_(K), V_(V) {
     const bool gates = kind == PackKind::kGates;
     const int64_t per_block = gates ? V : int64_t(kVectors) * V;
-    const int64_t K2 = pairs(K), E = int64_t(kVectors) * V, full = K / 2;
-    constexpr int64_t kChunk = 32;  // pairs per chunk: 2 cache lines of each source row
+    const int64_t E = int64_t(kVectors) * V;
+    const Bf16* rows[kVectors * 64];  // E = kVectors * V rows, V <= 64
     for (int64_t j = 0; j < blocks_; ++j) {
-      uint32_t* dst = data_ + j * K2 * E;
-      for (int64_t k0 = 0; k0 < K2; k0 += kChunk) {
-        const int64_t k1 = std::min(K2, k0 + kChunk);
-        for (int64_t e = 0; e < E; ++e) {
-          const int v = int(e / V), l = int(e % V);
-          const int64_t unit = j * per_block + (gates ? l : int64_t(v) * V + l);
-          const Bf16* row = unit < N ? w + (gates ? v * N + unit : unit) * K : nullptr;
-          for (int64_t k = k0; k < k1; ++k) {
-            uint32_t word = 0;
-            if (row && k < full) {
-              std::memcpy(&word, row + 2 * k, sizeof(word));
-            } else if (row) {  // odd K: (w[K-1], 0)
-              word = row[2 * k].bits;
-            }
-            dst[k * E + e] = word;
-          }
-        }
+      for (int64_t e = 0; e < E; ++e) {
+        const int v = int(e / V), l = int(e % V);
+        const int64_t unit = j * per_block + (gates ? l : int64_t(v) * V + l);
+        rows[e] = unit < N ? w + (gates ? v * N + unit : unit) * K : nullptr;
       }
+      transpose_pairs(rows, E, data_ + j * pairs(K) * E);
     }
   }
 
@@ -74,6 +66,45 @@ class PairPanels {
   const uint32_t* panel(int64_t block) const { return data_ + block * pairs(K_) * kVectors * V_; }
 
  private:
+  // dst [K2][E] words = the k pairs of rows[e] (null: zeros), as Panels'
+  // transpose_rows does for floats: chunks of 16 pairs, 4 x 4 word blocks
+  // transposed in registers. An odd K's last pair is (row[K-1], 0): nothing
+  // past a row's K elements is read.
+  void transpose_pairs(const Bf16* const* rows, int64_t E, uint32_t* dst) const {
+    constexpr int64_t kChunk = 16;
+    const int64_t K2 = pairs(K_), full = K_ / 2;
+    const auto word = [&](const Bf16* row, int64_t k) -> uint32_t {
+      if (!row) return 0;
+      if (k >= full) return row[2 * k].bits;
+      uint32_t w;
+      std::memcpy(&w, row + 2 * k, sizeof(w));
+      return w;
+    };
+    for (int64_t k0 = 0; k0 < K2; k0 += kChunk) {
+      const int64_t k1 = std::min(K2, k0 + kChunk);
+      for (int64_t e = 0; e < E; e += 4) {
+        const Bf16* src[4] = {rows[e], rows[e + 1], rows[e + 2], rows[e + 3]};
+        int64_t k = k0;
+#if defined(__SSE2__)
+        if (src[0] && src[1] && src[2] && src[3]) {
+          for (; k + 4 <= std::min(k1, full); k += 4) {
+            __m128 r[4];
+            for (int i = 0; i < 4; ++i)
+              r[i] = _mm_castsi128_ps(
+                  _mm_loadu_si128(reinterpret_cast<const __m128i*>(src[i] + 2 * k)));
+            _MM_TRANSPOSE4_PS(r[0], r[1], r[2], r[3]);
+            for (int i = 0; i < 4; ++i)
+              _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (k + i) * E + e),
+                               _mm_castps_si128(r[i]));
+          }
+        }
+#endif
+        for (; k < k1; ++k)
+          for (int i = 0; i < 4; ++i) dst[k * E + e + i] = word(src[i], k);
+      }
+    }
+  }
+
   uint32_t* data_ = nullptr;
   int64_t blocks_ = 0, K_ = 0;
   int V_ = 0;
