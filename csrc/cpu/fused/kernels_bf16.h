@@ -97,18 +97,28 @@ LSTM_EXT_INLINE void product(const uint32_t* __restrict panel, int64_t K,
   }
 }
 
-// One tile, as tile.h's run_tile: acc = epi.init; product; epi.finish.
+// One tile, as tile.h's run_tile, but with the memory the epilogue touches
+// fetched ahead, since a bf16 tile's product is short: prefetch; acc = 0;
+// product; acc += epi.init; epi.finish. The input projection's output rows
+// are cold (the [N,4H] gates): +3-5% there (M3200-6400, 2 threads); neutral
+// in the recurrence.
 template <int BT, class Epilogue>
 LSTM_EXT_INLINE void run(const uint32_t* panel, int64_t K, const Bf16* in, int64_t ld_in,
                          const Epilogue& epi) {
   R acc[BT][kVectors];
 #pragma GCC unroll 8
-  for (int b = 0; b < BT; ++b)
+  for (int b = 0; b < BT; ++b) {
+    epi.prefetch(b);
 #pragma GCC unroll 4
-    for (int v = 0; v < kVectors; ++v) acc[b][v] = epi.init(b, v);
+    for (int v = 0; v < kVectors; ++v) acc[b][v] = _mm512_setzero_ps();
+  }
   product<BT>(panel, K, in, ld_in, acc);
 #pragma GCC unroll 8
-  for (int b = 0; b < BT; ++b) epi.finish(b, acc[b]);
+  for (int b = 0; b < BT; ++b) {
+#pragma GCC unroll 4
+    for (int v = 0; v < kVectors; ++v) acc[b][v] = _mm512_add_ps(epi.init(b, v), acc[b][v]);
+    epi.finish(b, acc[b]);
+  }
 }
 
 }  // namespace bf16_tile

@@ -87,6 +87,12 @@ struct Fused {
     int64_t H, ld_h;
     int n;
     LSTM_EXT_INLINE R init(int b, int g) const { return S::load_n(pre + b * 4 * H + g * H, n); }
+    // The lines init and finish touch first in row b, for tiles that fetch
+    // them ahead (kernels_bf16.h): pre-activations, h_t.
+    LSTM_EXT_INLINE void prefetch(int b) const {
+      for (int g = 0; g < kVectors; ++g) __builtin_prefetch(pre + b * 4 * H + g * H);
+      __builtin_prefetch(h + b * ld_h, 1);
+    }
     LSTM_EXT_INLINE void finish(int b, const R (&a)[kVectors]) const {
       const R i = Act::sigmoid(a[0]), f = Act::sigmoid(a[1]);
       const R g = Act::tanh(a[2]), o = Act::sigmoid(a[3]);
@@ -119,6 +125,12 @@ struct Fused {
       const int n = lanes(int64_t(v) * V, units_left);
       if (init_row) return S::load_n(init_row + b * ld + v * V, n);
       return bias ? S::load_n(bias + v * V, n) : S::zero();
+    }
+    LSTM_EXT_INLINE void prefetch(int b) const {  // as LstmCellEpilogueOf's
+      for (int v = 0; v < kVectors; ++v) {
+        if (init_row) __builtin_prefetch(init_row + b * ld + v * V);
+        __builtin_prefetch(out + b * ld + v * V, 1);
+      }
     }
     LSTM_EXT_INLINE void finish(int b, const R (&a)[kVectors]) const {
       for (int v = 0; v < kVectors; ++v) {
