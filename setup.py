@@ -36,16 +36,21 @@ def _cpu_isa_flags() -> list:
 
     ATen picks its Vectorized<T> implementation from CPU_CAPABILITY_* macros;
     without them it falls back to scalar loops. ``LSTM_EXT_CPU_ISA`` may force
-    ``avx512``, ``avx2`` or ``default`` (e.g. to build for an older machine).
+    ``avx512bf16``, ``avx512``, ``avx2`` or ``default`` (e.g. to build for an
+    older machine). avx512 adds -mavx512bf16 (the native bfloat16 forward,
+    csrc/cpu/fused/kernels_avx512bf16.cpp) when the build machine has avx512_bf16.
     """
     isa = os.environ.get("LSTM_EXT_CPU_ISA", "").lower()
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        pass
+    bf16 = isa == "avx512bf16" or (isa in ("", "avx512") and " avx512_bf16" in flags)
+    if isa == "avx512bf16":
+        isa = "avx512"
     if not isa:
-        flags = ""
-        try:
-            with open("/proc/cpuinfo") as f:
-                flags = f.read()
-        except OSError:
-            pass
         if all(f" {x}" in flags for x in ("avx512f", "avx512bw", "avx512vl", "avx512dq")):
             isa = "avx512"
         elif " avx2" in flags and " fma" in flags:
@@ -54,7 +59,7 @@ def _cpu_isa_flags() -> list:
             isa = "default"
     if isa == "avx512":
         return ["-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512",
-                "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma"]
+                "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma"] + (["-mavx512bf16"] if bf16 else [])
     if isa == "avx2":
         return ["-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2", "-mavx2", "-mfma", "-mf16c"]
     return ["-DCPU_CAPABILITY=DEFAULT"]

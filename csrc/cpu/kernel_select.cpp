@@ -13,8 +13,11 @@ bool cpu_supports(const std::string& name) {
 #if defined(__x86_64__) || defined(__i386__)
   if (name == "avx512") return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
   if (name == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (name == "avx512bf16")
+    return cpu_supports("avx512") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bf16");
 #else
-  if (name == "avx512" || name == "avx2") return false;
+  if (name == "avx512" || name == "avx2" || name == "avx512bf16") return false;
 #endif
   return true;
 }
@@ -34,6 +37,13 @@ const fused::Kernels* usable(const Candidate& c) {
   return k != nullptr && cpu_supports(c.name) ? k : nullptr;
 }
 
+constexpr const char* kBf16Name = "avx512bf16";
+
+const fused::Bf16Kernels* usable_bf16() {
+  const fused::Bf16Kernels* k = fused::avx512bf16_kernels();
+  return k != nullptr && cpu_supports(kBf16Name) ? k : nullptr;
+}
+
 std::string joined(const std::vector<std::string>& names) {
   std::string s;
   for (const auto& n : names) s += (s.empty() ? "" : ", ") + n;
@@ -48,6 +58,7 @@ constexpr int64_t kMinMacsPerStepForThreads = 8192;
 
 std::vector<std::string> available_cpu_kernels() {
   std::vector<std::string> names;
+  if (usable_bf16()) names.emplace_back(kBf16Name);
   for (const auto& c : kCandidates)
     if (usable(c)) names.emplace_back(c.name);
   names.emplace_back("reference");
@@ -57,7 +68,8 @@ std::vector<std::string> available_cpu_kernels() {
 const fused::Kernels* selected_fused_kernels() {
   const char* env = std::getenv("LSTM_EXT_CPU_KERNEL");
   const std::string want = env ? env : "";
-  if (want.empty() || want == "auto") {
+  if (want.empty() || want == "auto" || want == kBf16Name) {
+    if (want == kBf16Name) selected_bf16_kernels();  // the same error where it is missing
     for (const auto& c : kCandidates)
       if (const auto* k = usable(c)) return k;
     return nullptr;
@@ -72,6 +84,17 @@ const fused::Kernels* selected_fused_kernels() {
   }
   TORCH_CHECK(false, "LSTM_EXT_CPU_KERNEL=", want, ": expected one of auto, ",
               joined(available_cpu_kernels()));
+}
+
+const fused::Bf16Kernels* selected_bf16_kernels() {
+  const char* env = std::getenv("LSTM_EXT_CPU_KERNEL");
+  const std::string want = env ? env : "";
+  if (want.empty() || want == "auto") return usable_bf16();
+  if (want != kBf16Name) return nullptr;
+  const auto* k = usable_bf16();
+  TORCH_CHECK(k != nullptr, "LSTM_EXT_CPU_KERNEL=", want, ": this kernel is not available here ",
+              "(available: ", joined(available_cpu_kernels()), ")");
+  return k;
 }
 
 int loop_threads(int64_t macs_per_step) {

@@ -6,6 +6,13 @@
 // call so tests can run each path in one process; `reference` is the
 // BLAS-per-step loop (lstm_sequence.cpp), the oracle the fused ones are
 // checked against. Asking for a kernel that is not available is an error.
+//
+// bfloat16 LSTM forwards run natively on avx512bf16 (fused/kernels_bf16.h)
+// when this build compiled it and the CPU has it, unless LSTM_EXT_CPU_KERNEL
+// names another kernel: then they run that float32 kernel on upcast
+// arguments, as every other bfloat16 op does. LSTM_EXT_CPU_KERNEL=avx512bf16
+// asks for the native path (an error where it is not available) and leaves
+// float32 on its default kernel.
 #pragma once
 
 #include <cstdint>
@@ -19,7 +26,11 @@ namespace lstm_ext::cpu {
 // The fused kernels to use now, or null for the reference loops.
 const fused::Kernels* selected_fused_kernels();
 
+// The native bf16 forward kernels to use now, or null for the upcast path.
+const fused::Bf16Kernels* selected_bf16_kernels();
+
 // Names of the kernels usable here, best first; the last is "reference".
+// "avx512bf16" (bf16 forward only) comes first where it is usable.
 std::vector<std::string> available_cpu_kernels();
 
 // Threads for a time loop whose every step does `macs_per_step`

@@ -10,6 +10,14 @@
 // is therefore a float32 GEMM of the upcast x and w_ih: ATen's CPU bfloat16
 // GEMM would round the [N,4H] pre-activations to bfloat16 (it has no float32
 // output on the CPU), an error as large as the one the float32 state avoids.
+//
+// On CPUs with AVX512-BF16 the bfloat16 forward instead runs natively
+// (lstm_forward_bf16): the input projection and the recurrent product read
+// x, h and the weights as bfloat16 and accumulate in float32 (vdpbf16ps),
+// the pre-activations, the cell state and the saved gates / cells are
+// float32, and each h_t is rounded to bfloat16 once, into y, from where the
+// next step reads it. Same outputs, dtypes and shapes as the upcast path; the
+// backward is unchanged (it upcasts).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
@@ -17,7 +25,9 @@
 #include "checks.h"
 #include "compute_dtype.h"
 #include "tensor_args.h"
+#include "cpu/fused/workspace.h"
 #include "cpu/input_projection.h"
+#include "cpu/kernel_select.h"
 #include "cpu/lstm_sequence.h"
 #include "cpu/previous_state.h"
 #include "cpu/scratch.h"
@@ -40,6 +50,59 @@ Tensor input_projection(const Tensor& x, const Tensor& w_ih, const OptTensor& bi
   return gates;
 }
 
+fused::Bf16* bf16_ptr(const Tensor& t) {
+  static_assert(sizeof(at::BFloat16) == sizeof(fused::Bf16));
+  return reinterpret_cast<fused::Bf16*>(t.data_ptr<at::BFloat16>());
+}
+
+// The native bfloat16 forward on kernels k: arguments as lstm_forward_cpu's,
+// all bfloat16; returns what it returns.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_bf16(
+    const fused::Bf16Kernels& k, const LstmDims& d, const StepLayout& layout, const Tensor& x_in,
+    const Tensor& w_ih_in, const Tensor& w_hh_in, const OptTensor& bias, const Tensor& h0_in,
+    const Tensor& c0, bool reverse, bool save, const OptTensor& w_hr_in) {
+  using fused::PackKind, fused::Slot;
+  const Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const Tensor h0 = h0_in.contiguous();
+  const OptTensor b32 = to_compute(bias);  // float32
+  const auto opts = x.options(), opts32 = opts.dtype(at::kFloat);
+  const int64_t N = d.seq.N, H = d.H, P = d.P, G = 4 * H;
+
+  // gates [N,4H] float32 = x W_ih^T + b.
+  const std::vector<int64_t> sizes{N, G};
+  Tensor gates = save ? at::empty(sizes, opts32) : scratch(ScratchRole::kGates, sizes, opts32);
+  {
+    const fused::PairPanels wp =
+        pack_weights(k, Slot::kInput, PackKind::kRows, bf16_ptr(w_ih), G, d.I);
+    k.linear({N, G, d.I, bf16_ptr(x), &wp, b32 ? b32->data_ptr<float>() : nullptr,
+              gates.data_ptr<float>()},
+             loop_threads(N * G * d.I));
+  }
+
+  Tensor y = at::empty(d.seq.shape(P), opts);
+  Tensor cells = save ? at::empty(d.seq.shape(H), opts32) : at::empty({0}, opts32);
+  Tensor c_state = compute_copy(c0);
+  Tensor h_n = at::empty({d.seq.B, P}, opts);
+  Tensor w_hr, h_raw;
+  fused::PairPanels wr;
+  if (d.projected) {
+    w_hr = w_hr_in->contiguous();
+    h_raw = at::empty({d.seq.B, H}, opts);
+    wr = pack_weights(k, Slot::kProjection, PackKind::kRows, bf16_ptr(w_hr), P, H);
+  }
+  const fused::PairPanels w = pack_weights(k, Slot::kRecurrent, PackKind::kGates, bf16_ptr(w_hh), H, P);
+  k.lstm_forward({&layout, reverse, save, H, P, &w, d.projected ? &wr : nullptr,
+                  gates.data_ptr<float>(), bf16_ptr(y), save ? cells.data_ptr<float>() : nullptr,
+                  bf16_ptr(h0), c_state.data_ptr<float>(), d.projected ? bf16_ptr(h_raw) : nullptr},
+                 loop_threads(layout.batch() * G * P));
+  gather_final_state<at::BFloat16>(layout, reverse, P, y.data_ptr<at::BFloat16>(),
+                                   h0.data_ptr<at::BFloat16>(), h_n.data_ptr<at::BFloat16>());
+
+  if (!save) gates = at::empty({0}, opts32);
+  else gates = gates.view(d.seq.shape(G));
+  return {y, h_n, to_storage(c_state, x_in), gates, cells};
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_cpu(
     const Tensor& x_in, const Tensor& w_ih_in, const Tensor& w_hh_in, const OptTensor& bias,
     const Tensor& h0, const Tensor& c0, bool reverse, bool save_for_backward,
@@ -47,6 +110,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_cpu(
   const LstmDims d =
       check_lstm_forward_args(x_in, w_ih_in, w_hh_in, bias, h0, c0, batch_sizes, w_hr_in);
   const StepLayout layout = make_step_layout(d.seq, batch_sizes);
+  if (x_in.scalar_type() == at::kBFloat16) {
+    if (const fused::Bf16Kernels* k = selected_bf16_kernels())
+      return lstm_forward_bf16(*k, d, layout, x_in, w_ih_in, w_hh_in, bias, h0, c0, reverse,
+                               save_for_backward, w_hr_in);
+  }
   const Tensor x = to_compute(x_in), w_ih = to_compute(w_ih_in), w_hh = to_compute(w_hh_in);
   const OptTensor w_hr = to_compute(w_hr_in);
   const auto opts = x.options();

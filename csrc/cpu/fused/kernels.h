@@ -12,29 +12,37 @@
 // Letters and buffers are those of lstm_sequence.h / rnn_sequence.h: N rows
 // over all steps, B the widest step, H cell size, P size of h (H, or the
 // projection size), I input size. Every pointer is float32, row-major and
-// dense; no output aliases an input unless stated.
+// dense; no output aliases an input unless stated. The bf16 table (AVX512-
+// BF16, kernels_avx512bf16.cpp) takes the same arguments with E = Bf16 where
+// the float table has E = float: h / y / x in bfloat16, gates, cells and the
+// cell state still float32.
 #pragma once
 
 #include <cstdint>
 
 #include "cpu/fused/packing.h"
+#include "cpu/fused/packing_bf16.h"
 #include "step_layout.h"
 
 namespace lstm_ext::cpu::fused {
 
-struct LstmForwardArgs {
+// E: element type of h (y, h0, h_raw); W: the panels (Panels for float,
+// PairPanels for Bf16).
+template <class E, class W>
+struct LstmForwardArgsOf {
   const StepLayout* layout;
   bool reverse, save;
   int64_t H, P;
-  const Panels* w_hh;  // kGates of w_hh [4H,P]
-  const Panels* w_hr;  // kRows of w_hr [P,H], or null (then P == H)
+  const W* w_hh;      // kGates of w_hh [4H,P]
+  const W* w_hr;      // kRows of w_hr [P,H], or null (then P == H)
   float* gates;       // [N,4H] in: x W_ih^T + b; out: activations i,f,g,o when save
-  float* y;           // [N,P]  out: h_t
+  E* y;               // [N,P]  out: h_t
   float* cells;       // [N,H]  out: c_t when save; else null
-  const float* h0;    // [B,P]
+  const E* h0;        // [B,P]
   float* c_state;     // [B,H]  in: c0; out: c_n
-  float* h_raw;       // [B,H]  scratch when w_hr; else null
+  E* h_raw;           // [B,H]  scratch when w_hr; else null
 };
+using LstmForwardArgs = LstmForwardArgsOf<float, Panels>;
 
 // See lstm_backward_loop (lstm_sequence.h).
 struct LstmBackwardArgs {
@@ -78,13 +86,16 @@ struct RnnBackwardArgs {
 };
 
 // out [M,N] = x [M,K] w^T + bias, w [N,K] as kRows panels, bias [N] or null.
-struct LinearArgs {
+// x in E; bias and out float32.
+template <class E, class W>
+struct LinearArgsOf {
   int64_t M, N, K;
-  const float* x;
-  const Panels* w;
+  const E* x;
+  const W* w;
   const float* bias;
   float* out;
 };
+using LinearArgs = LinearArgsOf<float, Panels>;
 
 struct Kernels {
   const char* name;
@@ -101,5 +112,19 @@ struct Kernels {
 const Kernels* avx512_kernels();
 const Kernels* avx2_kernels();
 const Kernels* generic_kernels();
+
+// The bf16 forward (AVX512-BF16 vdpbf16ps, float32 accumulation): x, h and
+// the weights in bfloat16 (PairPanels, vector width 16); gates, cells, the
+// cell state and the bias float32. h_t is rounded to bfloat16 when written
+// to y, and the next step reads it from there.
+using LstmForwardBf16Args = LstmForwardArgsOf<Bf16, PairPanels>;
+using LinearBf16Args = LinearArgsOf<Bf16, PairPanels>;
+struct Bf16Kernels {
+  const char* name;
+  int vector_width;
+  void (*lstm_forward)(const LstmForwardBf16Args&, int threads);
+  void (*linear)(const LinearBf16Args&, int threads);
+};
+const Bf16Kernels* avx512bf16_kernels();
 
 }  // namespace lstm_ext::cpu::fused

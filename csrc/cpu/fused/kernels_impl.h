@@ -13,6 +13,23 @@
 
 namespace lstm_ext::cpu::fused {
 
+// The element type E of h / y (and the panels the products read) as the
+// loops see it: how a tile runs over rows of E and how a vector is stored as
+// E. float here; Bf16 in kernels_bf16.h (AVX512-BF16 only).
+template <class S, class E>
+struct Elements;
+
+template <class S>
+struct Elements<S, float> {
+  using Weights = Panels;
+  static LSTM_EXT_INLINE void store_n(float* p, typename S::Reg v, int n) { S::store_n(p, v, n); }
+  template <class Epilogue>
+  static LSTM_EXT_INLINE void run_tile_rows(int rows, const Panels& w, int64_t block,
+                                            const float* in, int64_t ld_in, const Epilogue& epi) {
+    fused::run_tile_rows<S>(rows, w.panel(block), w.K(), in, ld_in, epi);
+  }
+};
+
 template <class S>
 struct Fused {
   using R = typename S::Reg;
@@ -25,13 +42,16 @@ struct Fused {
 
   // Where step t's rows read h_{t-1}: rows [0, continuing) from the previous
   // visited step's rows of `out` (ld), the rest from `initial`.
-  struct Previous {
-    const float* continuing_rows;
-    const float* initial;
+  template <class E>
+  struct PreviousOf {
+    const E* continuing_rows;
+    const E* initial;
     int64_t continuing, ld;
   };
-  static Previous previous(const StepLayout& L, int64_t t, bool reverse, const float* out,
-                           const float* initial, int64_t ld) {
+  using Previous = PreviousOf<float>;
+  template <class E>
+  static PreviousOf<E> previous(const StepLayout& L, int64_t t, bool reverse, const E* out,
+                                const E* initial, int64_t ld) {
     const int64_t p = L.previous(t, reverse);
     return {p >= 0 ? out + L.offset(p) * ld : nullptr, initial, L.rows_continuing(t, reverse), ld};
   }
@@ -39,38 +59,47 @@ struct Fused {
   // Rows [r0, r1) of a step reading h_{t-1} through `prev`: up to two tiles
   // (split where the source changes). epi_at(r) builds the epilogue of a
   // tile whose first row is r.
-  template <class MakeEpilogue>
-  static void rows_tile(int64_t r0, int64_t r1, const Previous& prev, const Panels& w,
-                        int64_t block, const MakeEpilogue& epi_at) {
+  template <class E, class MakeEpilogue>
+  static void rows_tile(int64_t r0, int64_t r1, const PreviousOf<E>& prev,
+                        const typename Elements<S, E>::Weights& w, int64_t block,
+                        const MakeEpilogue& epi_at) {
     const int64_t mid = std::clamp(prev.continuing, r0, r1);
     if (mid > r0)
-      run_tile_rows<S>(int(mid - r0), w.panel(block), w.K(), prev.continuing_rows + r0 * prev.ld,
-                       prev.ld, epi_at(r0));
+      Elements<S, E>::run_tile_rows(int(mid - r0), w, block, prev.continuing_rows + r0 * prev.ld,
+                                    prev.ld, epi_at(r0));
     if (r1 > mid)
-      run_tile_rows<S>(int(r1 - mid), w.panel(block), w.K(), prev.initial + mid * prev.ld,
-                       prev.ld, epi_at(mid));
+      Elements<S, E>::run_tile_rows(int(r1 - mid), w, block, prev.initial + mid * prev.ld,
+                                    prev.ld, epi_at(mid));
   }
 
   // ---------------------------------------------------------------- LSTM --
 
   // Gate-interleaved tile: acc[b] = i, f, g, o pre-activations of units
-  // [j, j+n) of row b; the cell update runs on the registers.
-  struct LstmCellEpilogue {
+  // [j, j+n) of row b; the cell update runs on the registers. h_t is
+  // stored as E; everything else is float32.
+  template <class E>
+  struct LstmCellEpilogueOf {
     const float* pre;  // gates row 0 at unit j, stride G
     float* act;        // same place, or null when activations are not saved
     float* c;          // c_state row 0 at j, stride H
     float* c_save;     // cells row 0 at j, or null
-    float* h;          // h_t row 0 at j, stride ld_h
+    E* h;              // h_t row 0 at j, stride ld_h
     int64_t H, ld_h;
     int n;
     LSTM_EXT_INLINE R init(int b, int g) const { return S::load_n(pre + b * 4 * H + g * H, n); }
+    // The lines init and finish touch first in row b, for tiles that fetch
+    // them ahead (kernels_bf16.h): pre-activations, h_t.
+    LSTM_EXT_INLINE void prefetch(int b) const {
+      for (int g = 0; g < kVectors; ++g) __builtin_prefetch(pre + b * 4 * H + g * H);
+      __builtin_prefetch(h + b * ld_h, 1);
+    }
     LSTM_EXT_INLINE void finish(int b, const R (&a)[kVectors]) const {
       const R i = Act::sigmoid(a[0]), f = Act::sigmoid(a[1]);
       const R g = Act::tanh(a[2]), o = Act::sigmoid(a[3]);
       const R c_new = S::fma(f, S::load_n(c + b * H, n), S::mul(i, g));
       S::store_n(c + b * H, c_new, n);
       if (c_save) S::store_n(c_save + b * H, c_new, n);
-      S::store_n(h + b * ld_h, S::mul(o, Act::tanh(c_new)), n);
+      Elements<S, E>::store_n(h + b * ld_h, S::mul(o, Act::tanh(c_new)), n);
       if (act) {
         float* row = act + b * 4 * H;
         S::store_n(row, i, n);
@@ -80,21 +109,28 @@ struct Fused {
       }
     }
   };
+  using LstmCellEpilogue = LstmCellEpilogueOf<float>;
 
   // Plain tile written to out (zero-initialised or from `init_from`), with
   // an optional activation: the projection h = h_raw W_hr^T, the RNN step
-  // and the linear layer.
+  // and the linear layer. out is E; init_row and bias float32.
   enum class Apply { kNone, kTanh, kRelu };
-  template <Apply A>
+  template <Apply A, class E = float>
   struct StoreEpilogue {
     const float* init_row;  // row 0 at unit u0 (stride ld), or null for zeros
     const float* bias;      // at unit u0, or null (used when init_row is null)
-    float* out;             // row 0 at unit u0, stride ld
+    E* out;                 // row 0 at unit u0, stride ld
     int64_t ld, units_left;  // valid units from u0 on
     LSTM_EXT_INLINE R init(int b, int v) const {
       const int n = lanes(int64_t(v) * V, units_left);
       if (init_row) return S::load_n(init_row + b * ld + v * V, n);
       return bias ? S::load_n(bias + v * V, n) : S::zero();
+    }
+    LSTM_EXT_INLINE void prefetch(int b) const {  // as LstmCellEpilogueOf's
+      for (int v = 0; v < kVectors; ++v) {
+        if (init_row) __builtin_prefetch(init_row + b * ld + v * V);
+        __builtin_prefetch(out + b * ld + v * V, 1);
+      }
     }
     LSTM_EXT_INLINE void finish(int b, const R (&a)[kVectors]) const {
       for (int v = 0; v < kVectors; ++v) {
@@ -103,16 +139,19 @@ struct Fused {
         R x = a[v];
         if constexpr (A == Apply::kTanh) x = Act::tanh(x);
         if constexpr (A == Apply::kRelu) x = Act::relu(x);
-        S::store_n(out + b * ld + v * V, x, n);
+        Elements<S, E>::store_n(out + b * ld + v * V, x, n);
       }
     }
   };
 
-  static void lstm_forward(const LstmForwardArgs& a, int threads) {
+  static void lstm_forward(const LstmForwardArgs& a, int threads) { lstm_forward_of(a, threads); }
+
+  template <class E, class W>
+  static void lstm_forward_of(const LstmForwardArgsOf<E, W>& a, int threads) {
     const StepLayout& L = *a.layout;
     const int64_t H = a.H, P = a.P, G = 4 * H;
-    const Panels& w = *a.w_hh;
-    const Panels wr = a.w_hr ? *a.w_hr : Panels();
+    const W& w = *a.w_hh;
+    const W wr = a.w_hr ? *a.w_hr : W();
     const RowTiles tiles(L.batch(), S::kMaxRows);
     const int64_t items = w.blocks() * tiles.count, proj_items = wr.blocks() * tiles.count;
     threads = int(std::min<int64_t>(threads, std::max(items, proj_items)));
@@ -120,10 +159,10 @@ struct Fused {
       const Share mine(items, rank, team), mine_proj(proj_items, rank, team);
       for (int64_t s = 0; s < L.steps(); ++s) {
         const int64_t t = L.time_at(s, a.reverse), rows = L.rows(t), off = L.offset(t);
-        const Previous prev = previous(L, t, a.reverse, a.y, a.h0, P);
+        const auto prev = previous(L, t, a.reverse, a.y, a.h0, P);
         float* gates_t = a.gates + off * G;
-        float* y_t = a.y + off * P;
-        float* h_t = a.w_hr ? a.h_raw : y_t;
+        E* y_t = a.y + off * P;
+        E* h_t = a.w_hr ? a.h_raw : y_t;
         const int64_t ld_h = a.w_hr ? H : P;
         for (int64_t item = mine.begin; item < mine.end; ++item) {
           const int64_t block = item / tiles.count, tile = item % tiles.count;
@@ -132,7 +171,7 @@ struct Fused {
           const int64_t j = block * V;
           const int n = lanes(j, H);
           rows_tile(r0, r1, prev, w, block, [&](int64_t r) {
-            return LstmCellEpilogue{gates_t + r * G + j,
+            return LstmCellEpilogueOf<E>{gates_t + r * G + j,
                                     a.save ? gates_t + r * G + j : nullptr,
                                     a.c_state + r * H + j,
                                     a.save ? a.cells + (off + r) * H + j : nullptr,
@@ -150,16 +189,17 @@ struct Fused {
   }
 
   // out [rows,N] = in [rows,K] W^T for the owned (block, tile) items.
-  static void project(const Panels& w, const RowTiles& tiles, const Share& mine, int64_t rows,
-                      const float* in, int64_t ld_in, float* out, int64_t N) {
+  template <class E, class W>
+  static void project(const W& w, const RowTiles& tiles, const Share& mine, int64_t rows,
+                      const E* in, int64_t ld_in, E* out, int64_t N) {
     for (int64_t item = mine.begin; item < mine.end; ++item) {
       const int64_t block = item / tiles.count, tile = item % tiles.count;
       const int64_t r0 = tiles.begin(tile), r1 = std::min(tiles.end(tile), rows);
       if (r0 >= r1) continue;
       const int64_t u0 = block * kBlockUnits;
-      run_tile_rows<S>(int(r1 - r0), w.panel(block), w.K(), in + r0 * ld_in, ld_in,
-                       StoreEpilogue<Apply::kNone>{nullptr, nullptr, out + r0 * N + u0, N,
-                                                   N - u0});
+      Elements<S, E>::run_tile_rows(int(r1 - r0), w, block, in + r0 * ld_in, ld_in,
+                                    StoreEpilogue<Apply::kNone, E>{nullptr, nullptr,
+                                                                   out + r0 * N + u0, N, N - u0});
     }
   }
 
@@ -360,9 +400,12 @@ struct Fused {
 
   // Rows are cut into chunks that stay in L2 while every weight block
   // streams past them; threads take whole chunks.
-  static void linear(const LinearArgs& a, int threads) {
+  static void linear(const LinearArgs& a, int threads) { linear_of(a, threads); }
+
+  template <class E, class W>
+  static void linear_of(const LinearArgsOf<E, W>& a, int threads) {
     constexpr int64_t kChunkRows = 96;
-    const Panels& w = *a.w;
+    const W& w = *a.w;
     const int64_t chunks = (a.M + kChunkRows - 1) / kChunkRows;
     threads = int(std::min<int64_t>(threads, chunks * w.blocks()));
     run_team(threads, [&](int rank, int team, StepBarrier&) {
@@ -374,10 +417,10 @@ struct Fused {
         const RowTiles tiles(m1 - m0, S::kMaxRows);
         for (int64_t i = 0; i < tiles.count; ++i) {
           const int64_t r = m0 + tiles.begin(i);
-          run_tile_rows<S>(int(tiles.end(i) - tiles.begin(i)), w.panel(block), a.K,
-                           a.x + r * a.K, a.K,
-                           StoreEpilogue<Apply::kNone>{nullptr, a.bias ? a.bias + u0 : nullptr,
-                                                       a.out + r * a.N + u0, a.N, a.N - u0});
+          Elements<S, E>::run_tile_rows(
+              int(tiles.end(i) - tiles.begin(i)), w, block, a.x + r * a.K, a.K,
+              StoreEpilogue<Apply::kNone>{nullptr, a.bias ? a.bias + u0 : nullptr,
+                                          a.out + r * a.N + u0, a.N, a.N - u0});
         }
       }
     });

@@ -28,4 +28,8 @@ float* workspace(Slot slot, size_t floats);
 Panels pack_weights(const Kernels& k, Slot slot, PackKind kind, const float* w, int64_t N,
                     int64_t K);
 
+// bf16 w packed as k pairs (packing_bf16.h) for the bf16 kernels k.
+PairPanels pack_weights(const Bf16Kernels& k, Slot slot, PackKind kind, const Bf16* w, int64_t N,
+                        int64_t K);
+
 }  // namespace lstm_ext::cpu::fused
