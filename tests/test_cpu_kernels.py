@@ -203,10 +203,10 @@ def test_rnn_matches_torch(kernel, case):
 def test_kernel_list():
     assert KERNELS[-1] == "reference"
     assert len(KERNELS) == len(set(KERNELS))
-    assert set(KERNELS) <= {"avx512", "avx2", "generic", "reference"}
+    assert set(KERNELS) <= {"avx512bf16", "avx512", "avx2", "generic", "reference"}
     # the portable kernel builds everywhere
     assert "generic" in KERNELS
-    order = ["avx512", "avx2", "generic", "reference"]
+    order = ["avx512bf16", "avx512", "avx2", "generic", "reference"]
     assert KERNELS == sorted(KERNELS, key=order.index), "best first"
 
 
