@@ -8,7 +8,7 @@ namespace {
 
 // Packing w costs about one pass over it; below this many rows the GEMM does
 // too little work per weight for that to pay, and ATen's runs instead.
-constexpr int64_t kMinRowsForPacking = 256;
+constexpr int64_t kMinRowsForPacking = 32;
 
 }  // namespace
 

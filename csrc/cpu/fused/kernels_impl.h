@@ -72,6 +72,16 @@ struct Fused {
                                     prev.ld, epi_at(mid));
   }
 
+  // Each thread packs its share of the weights' blocks (into its own
+  // cache), then all wait until every block is packed.
+  template <class W>
+  static void pack_in_team(int rank, int team, StepBarrier& barrier, const W* w,
+                           const W* w2 = nullptr) {
+    w->pack_share(rank, team);
+    if (w2) w2->pack_share(rank, team);
+    barrier.wait();
+  }
+
   // ---------------------------------------------------------------- LSTM --
 
   // Gate-interleaved tile: acc[b] = i, f, g, o pre-activations of units
@@ -156,6 +166,7 @@ struct Fused {
     const int64_t items = w.blocks() * tiles.count, proj_items = wr.blocks() * tiles.count;
     threads = int(std::min<int64_t>(threads, std::max(items, proj_items)));
     run_team(threads, [&](int rank, int team, StepBarrier& barrier) {
+      pack_in_team(rank, team, barrier, &w, a.w_hr);
       const Share mine(items, rank, team), mine_proj(proj_items, rank, team);
       for (int64_t s = 0; s < L.steps(); ++s) {
         const int64_t t = L.time_at(s, a.reverse), rows = L.rows(t), off = L.offset(t);
@@ -261,6 +272,7 @@ struct Fused {
     const int64_t items = wt.blocks() * tiles.count;
     threads = int(std::min<int64_t>(threads, items));
     run_team(threads, [&](int rank, int team, StepBarrier& barrier) {
+      pack_in_team(rank, team, barrier, &wt);
       const Share mine(items, rank, team);
       for (int64_t s = L.steps() - 1; s >= 0; --s) {
         const int64_t t = L.time_at(s, reverse), rows = L.rows(t);
@@ -302,6 +314,7 @@ struct Fused {
     const int64_t items_h = a.w_hr->blocks() * tiles.count, items_p = a.w_hh->blocks() * tiles.count;
     threads = int(std::min<int64_t>(threads, std::max(items_h, items_p)));
     run_team(threads, [&](int rank, int team, StepBarrier& barrier) {
+      pack_in_team(rank, team, barrier, a.w_hh, a.w_hr);
       const Share mine_h(items_h, rank, team), mine_p(items_p, rank, team);
       for (int64_t s = L.steps() - 1; s >= 0; --s) {
         const int64_t t = L.time_at(s, a.reverse), rows = L.rows(t), off = L.offset(t);
@@ -345,6 +358,7 @@ struct Fused {
     const int64_t items = w.blocks() * tiles.count;
     threads = int(std::min<int64_t>(threads, items));
     run_team(threads, [&](int rank, int team, StepBarrier& barrier) {
+      pack_in_team(rank, team, barrier, &w);
       const Share mine(items, rank, team);
       for (int64_t s = 0; s < L.steps(); ++s) {
         const int64_t t = L.time_at(s, a.reverse), rows = L.rows(t);
@@ -408,7 +422,8 @@ struct Fused {
     const W& w = *a.w;
     const int64_t chunks = (a.M + kChunkRows - 1) / kChunkRows;
     threads = int(std::min<int64_t>(threads, chunks * w.blocks()));
-    run_team(threads, [&](int rank, int team, StepBarrier&) {
+    run_team(threads, [&](int rank, int team, StepBarrier& barrier) {
+      pack_in_team(rank, team, barrier, &w);
       const Share mine(chunks * w.blocks(), rank, team);
       for (int64_t item = mine.begin; item < mine.end; ++item) {
         const int64_t chunk = item / w.blocks(), block = item % w.blocks();

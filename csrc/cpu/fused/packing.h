@@ -1,5 +1,5 @@
-// Weights packed for the register tile (tile.h), once per weight version:
-// the caller (cpu/packed_weights.h) caches them across calls.
+// Weights packed for the register tile (tile.h), once per op call, by the
+// threads of the loop that uses them (each packs the blocks it will read).
 //
 // A product out[b, n] = sum_k in[b, k] * W(n, k) is cut into blocks of
 // kVectors vectors of V output units. Block j's panel is [K][kVectors][V],
@@ -20,7 +20,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <vector>
 
 #if defined(__SSE__)
 #include <xmmintrin.h>
@@ -45,26 +44,36 @@ class Panels {
   }
 
   Panels() = default;
-  // memory: floats(kind, N, K, V) floats, 64-byte aligned.
+  // Lays out the panels of w in memory (floats(kind, N, K, V) floats, 64-byte
+  // aligned); pack() fills them, so the threads that will read a block can
+  // pack it into their own caches.
   Panels(PackKind kind, const float* w, int64_t N, int64_t K, int V, float* memory)
-      : data_(memory), blocks_(blocks(kind, N, V)), K_(K), V_(V) {
-    const bool gates = kind == PackKind::kGates;
-    const int64_t per_block = gates ? V : int64_t(kVectors) * V;
-    if (kind == PackKind::kColumns) {
-      pack_columns(w, N);
+      : data_(memory), source_(w), kind_(kind), blocks_(blocks(kind, N, V)), N_(N), K_(K), V_(V) {}
+
+  // Packs blocks [j0, j1). Different threads may pack disjoint ranges.
+  void pack(int64_t j0, int64_t j1) const {
+    if (kind_ == PackKind::kColumns) {
+      pack_columns(j0, j1);
       return;
     }
-    std::vector<const float*> rows(size_t(kVectors) * V);
-    for (int64_t j = 0; j < blocks_; ++j) {
+    const bool gates = kind_ == PackKind::kGates;
+    const int64_t per_block = gates ? V_ : int64_t(kVectors) * V_;
+    const float* rows[kVectors * 64];  // kVectors * V rows, V <= 64
+    for (int64_t j = j0; j < j1; ++j) {
       for (int v = 0; v < kVectors; ++v) {
-        for (int l = 0; l < V; ++l) {
-          const int64_t unit = j * per_block + (gates ? l : int64_t(v) * V + l);
-          const int64_t n = gates ? v * N + unit : unit;
-          rows[v * V + l] = unit < N ? w + n * K : nullptr;
+        for (int l = 0; l < V_; ++l) {
+          const int64_t unit = j * per_block + (gates ? l : int64_t(v) * V_ + l);
+          const int64_t n = gates ? v * N_ + unit : unit;
+          rows[v * V_ + l] = unit < N_ ? source_ + n * K_ : nullptr;
         }
       }
-      transpose_rows(rows.data(), data_ + j * K * kVectors * V);
+      transpose_rows(rows, data_ + j * K_ * kVectors * V_);
     }
+  }
+
+  // This thread's even share of the blocks, of `team` threads.
+  void pack_share(int rank, int team) const {
+    pack(blocks_ * rank / team, blocks_ * (rank + 1) / team);
   }
 
   int64_t blocks() const { return blocks_; }
@@ -104,20 +113,22 @@ class Panels {
   }
 
   // w [K,N]: block j's panel row k is w[k, 4jV .. 4jV+4V), already contiguous.
-  void pack_columns(const float* w, int64_t N) {
+  void pack_columns(int64_t j0, int64_t j1) const {
     const int64_t per_block = int64_t(kVectors) * V_;
-    for (int64_t j = 0; j < blocks_; ++j) {
-      const int64_t n0 = j * per_block, n = std::min(per_block, N - n0);
+    for (int64_t j = j0; j < j1; ++j) {
+      const int64_t n0 = j * per_block, n = std::min(per_block, N_ - n0);
       float* dst = data_ + j * K_ * per_block;
       for (int64_t k = 0; k < K_; ++k) {
-        std::memcpy(dst + k * per_block, w + k * N + n0, sizeof(float) * n);
+        std::memcpy(dst + k * per_block, source_ + k * N_ + n0, sizeof(float) * n);
         std::fill(dst + k * per_block + n, dst + (k + 1) * per_block, 0.f);
       }
     }
   }
 
   float* data_ = nullptr;
-  int64_t blocks_ = 0, K_ = 0;
+  const float* source_ = nullptr;
+  PackKind kind_ = PackKind::kRows;
+  int64_t blocks_ = 0, N_ = 0, K_ = 0;
   int V_ = 0;
 };
 

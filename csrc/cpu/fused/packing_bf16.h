@@ -45,19 +45,27 @@ class PairPanels {
   // w: kGates [4N,K] or kRows [N,K], row-major bf16. memory: words(kind, N,
   // K, V) words, 64-byte aligned.
   PairPanels(PackKind kind, const Bf16* w, int64_t N, int64_t K, int V, uint32_t* memory)
-      : data_(memory), blocks_(Panels::blocks(kind, N, V)), K_(K), V_(V) {
-    const bool gates = kind == PackKind::kGates;
-    const int64_t per_block = gates ? V : int64_t(kVectors) * V;
-    const int64_t E = int64_t(kVectors) * V;
+      : data_(memory), source_(w), kind_(kind), blocks_(Panels::blocks(kind, N, V)), N_(N), K_(K),
+        V_(V) {}
+
+  // Packs blocks [j0, j1), as Panels::pack.
+  void pack(int64_t j0, int64_t j1) const {
+    const bool gates = kind_ == PackKind::kGates;
+    const int64_t per_block = gates ? V_ : int64_t(kVectors) * V_;
+    const int64_t E = int64_t(kVectors) * V_;
     const Bf16* rows[kVectors * 64];  // E = kVectors * V rows, V <= 64
-    for (int64_t j = 0; j < blocks_; ++j) {
+    for (int64_t j = j0; j < j1; ++j) {
       for (int64_t e = 0; e < E; ++e) {
-        const int v = int(e / V), l = int(e % V);
-        const int64_t unit = j * per_block + (gates ? l : int64_t(v) * V + l);
-        rows[e] = unit < N ? w + (gates ? v * N + unit : unit) * K : nullptr;
+        const int v = int(e / V_), l = int(e % V_);
+        const int64_t unit = j * per_block + (gates ? l : int64_t(v) * V_ + l);
+        rows[e] = unit < N_ ? source_ + (gates ? v * N_ + unit : unit) * K_ : nullptr;
       }
-      transpose_pairs(rows, E, data_ + j * pairs(K) * E);
+      transpose_pairs(rows, E, data_ + j * pairs(K_) * E);
     }
+  }
+
+  void pack_share(int rank, int team) const {
+    pack(blocks_ * rank / team, blocks_ * (rank + 1) / team);
   }
 
   int64_t blocks() const { return blocks_; }
@@ -106,7 +114,9 @@ class PairPanels {
   }
 
   uint32_t* data_ = nullptr;
-  int64_t blocks_ = 0, K_ = 0;
+  const Bf16* source_ = nullptr;
+  PackKind kind_ = PackKind::kRows;
+  int64_t blocks_ = 0, N_ = 0, K_ = 0;
   int V_ = 0;
 };
 
