@@ -10,14 +10,18 @@ namespace {
 // too little work per weight for that to pay, and ATen's runs instead.
 constexpr int64_t kMinRowsForPacking = 32;
 
+// The fused kernels' GEMM for float32 with enough rows, else null.
+const fused::Kernels* fused_gemm_kernels(const at::Tensor& out, int64_t rows) {
+  return out.scalar_type() == at::kFloat && rows >= kMinRowsForPacking ? selected_fused_kernels()
+                                                                       : nullptr;
+}
+
 }  // namespace
 
 void input_projection_into(at::Tensor& out, const at::Tensor& x2d, const at::Tensor& w,
                            const OptTensor& bias) {
   const int64_t M = x2d.size(0), N = w.size(0), K = w.size(1);
-  const fused::Kernels* k = out.scalar_type() == at::kFloat && M >= kMinRowsForPacking
-                                ? selected_fused_kernels()
-                                : nullptr;
+  const fused::Kernels* k = fused_gemm_kernels(out, M);
   if (k == nullptr) {
     input_projection_out(out, x2d, w, bias);
     return;
@@ -27,6 +31,18 @@ void input_projection_into(at::Tensor& out, const at::Tensor& x2d, const at::Ten
   k->linear({M, N, K, x2d.data_ptr<float>(), &packed,
              present(bias) ? bias->data_ptr<float>() : nullptr, out.data_ptr<float>()},
             loop_threads(M * N * K));
+}
+
+at::Tensor input_gradient(const at::Tensor& grad_pre, const at::Tensor& w) {
+  const int64_t M = grad_pre.size(0), G = w.size(0), I = w.size(1);
+  at::Tensor out = at::empty({M, I}, grad_pre.options());
+  const fused::Kernels* k = fused_gemm_kernels(out, M);
+  if (k == nullptr) return at::mm_out(out, grad_pre, w);
+  const fused::Panels packed =
+      pack_weights(*k, fused::Slot::kInput, fused::PackKind::kColumns, w.data_ptr<float>(), I, G);
+  k->linear({M, I, G, grad_pre.data_ptr<float>(), &packed, nullptr, out.data_ptr<float>()},
+            loop_threads(M * I * G));
+  return out;
 }
 
 }  // namespace lstm_ext::cpu

@@ -1,5 +1,6 @@
 // The input projection of every step at once: out [N,G] = x2d [N,I] w^T +
-// bias, one GEMM before the time loop.
+// bias, one GEMM before the time loop; and, in backward, the gradient it
+// passes to x.
 //
 // float32 runs on the fused kernels' own GEMM (fused/kernels.h `linear`):
 // the same register tile as the recurrence, at ~the machine's FMA peak on
@@ -17,5 +18,9 @@ namespace lstm_ext::cpu {
 // x2d, w and bias contiguous and in out's dtype.
 void input_projection_into(at::Tensor& out, const at::Tensor& x2d, const at::Tensor& w,
                            const OptTensor& bias);
+
+// Its gradient with respect to x2d: grad_pre [N,G] w [G,I] -> [N,I], on the
+// same GEMM. Both contiguous, same dtype.
+at::Tensor input_gradient(const at::Tensor& grad_pre, const at::Tensor& w);
 
 }  // namespace lstm_ext::cpu

@@ -192,7 +192,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   Tensor grad_w_hh = at::mm(grad_gates.t(), h_prev);
   Tensor grad_bias = grad_gates.sum(0);
   Tensor grad_w_hr = d.projected ? at::mm(grad_h_all.t(), h_raw_all) : at::empty({0}, opts);
-  Tensor grad_x = need_grad_x ? at::mm(grad_gates, w_ih).view(x.sizes()) : at::empty({0}, opts);
+  Tensor grad_x =
+      need_grad_x ? input_gradient(grad_gates, w_ih).view(x.sizes()) : at::empty({0}, opts);
   const auto out = [&](const Tensor& g) { return to_storage(g, x_in); };
   // grad_bias stays in the compute dtype (ops.cpp); autograd casts it to the bias's dtype.
   return {out(grad_x), out(grad_w_ih), out(grad_w_hh), grad_bias,

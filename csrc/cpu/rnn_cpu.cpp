@@ -88,7 +88,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
   Tensor grad_w_ih = at::mm(d_pre_t, x.view({s.N, d.I}));
   Tensor grad_w_hh = at::mm(d_pre_t, h_prev);
   Tensor grad_bias = d_pre.sum(0);
-  Tensor grad_x = need_grad_x ? at::mm(d_pre, w_ih).view(s.shape(d.I)) : at::empty({0}, opts);
+  Tensor grad_x =
+      need_grad_x ? input_gradient(d_pre, w_ih).view(s.shape(d.I)) : at::empty({0}, opts);
   const auto out = [&](const Tensor& g) { return to_storage(g, x_in); };
   // grad_bias stays in the compute dtype (ops.cpp); autograd casts it to the bias's dtype.
   return {out(grad_x), out(grad_w_ih), out(grad_w_hh), grad_bias, out(grad_h)};
