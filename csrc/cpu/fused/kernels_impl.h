@@ -401,10 +401,12 @@ struct Fused {
                         R dh = S::load_n(gh + u, n);
                         if (gy) dh = S::add(dh, S::load_n(gy + u, n));
                         const R h = S::load_n(y + u, n);
-                        // tanh' = 1 - h^2; relu' = [h > 0], as a select on h.
-                        const R slope = a.relu ? S::select_small(S::zero(), h, one, S::zero())
-                                               : S::sub(one, S::mul(h, h));
-                        S::store_n(d + u, S::mul(dh, slope), n);
+                        // tanh: dh (1 - h^2). relu, as torch's threshold_backward:
+                        // 0 where h <= 0, else dh unchanged (a NaN h passes dh;
+                        // an inf dh at h <= 0 gives 0, not inf * 0).
+                        const R d_h = a.relu ? S::select_le(h, S::zero(), S::zero(), dh)
+                                             : S::mul(dh, S::sub(one, S::mul(h, h)));
+                        S::store_n(d + u, d_h, n);
                       }
                     }
                   });

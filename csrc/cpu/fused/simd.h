@@ -105,9 +105,9 @@ struct SimdAvx512 {
   static LSTM_EXT_INLINE Reg fma(Reg a, Reg b, Reg c) { return _mm512_fmadd_ps(a, b, c); }
   static LSTM_EXT_INLINE Reg max(Reg a, Reg b) { return _mm512_max_ps(a, b); }
   static LSTM_EXT_INLINE Reg min(Reg a, Reg b) { return _mm512_min_ps(a, b); }
-  // a < b ? if_less : otherwise, lanewise.
-  static LSTM_EXT_INLINE Reg select_small(Reg a, Reg b, Reg if_less, Reg otherwise) {
-    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_LT_OQ), otherwise, if_less);
+  // a <= b ? if_le : otherwise, lanewise (NaN compares false).
+  static LSTM_EXT_INLINE Reg select_le(Reg a, Reg b, Reg if_le, Reg otherwise) {
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(a, b, _CMP_LE_OQ), otherwise, if_le);
   }
   // rcp14 plus one Newton step: ~1 ulp, and cheaper than vdivps on Zen 4.
   static LSTM_EXT_INLINE Reg recip(Reg d) {
@@ -154,8 +154,8 @@ struct SimdAvx2 {
   static LSTM_EXT_INLINE Reg fma(Reg a, Reg b, Reg c) { return _mm256_fmadd_ps(a, b, c); }
   static LSTM_EXT_INLINE Reg max(Reg a, Reg b) { return _mm256_max_ps(a, b); }
   static LSTM_EXT_INLINE Reg min(Reg a, Reg b) { return _mm256_min_ps(a, b); }
-  static LSTM_EXT_INLINE Reg select_small(Reg a, Reg b, Reg if_less, Reg otherwise) {
-    return _mm256_blendv_ps(otherwise, if_less, _mm256_cmp_ps(a, b, _CMP_LT_OQ));
+  static LSTM_EXT_INLINE Reg select_le(Reg a, Reg b, Reg if_le, Reg otherwise) {
+    return _mm256_blendv_ps(otherwise, if_le, _mm256_cmp_ps(a, b, _CMP_LE_OQ));
   }
   static LSTM_EXT_INLINE Reg recip(Reg d) { return _mm256_div_ps(set1(1.f), d); }
   // 2^n built in the exponent field; the clamp keeps n within float's range.
@@ -211,8 +211,8 @@ struct SimdGeneric {
   static LSTM_EXT_INLINE Reg min(Reg a, Reg b) {
     return map([&](int l) { return a.v[l] < b.v[l] ? a.v[l] : b.v[l]; });
   }
-  static LSTM_EXT_INLINE Reg select_small(Reg a, Reg b, Reg if_less, Reg otherwise) {
-    return map([&](int l) { return a.v[l] < b.v[l] ? if_less.v[l] : otherwise.v[l]; });
+  static LSTM_EXT_INLINE Reg select_le(Reg a, Reg b, Reg if_le, Reg otherwise) {
+    return map([&](int l) { return a.v[l] <= b.v[l] ? if_le.v[l] : otherwise.v[l]; });
   }
   static LSTM_EXT_INLINE Reg recip(Reg d) { return map([&](int l) { return 1.f / d.v[l]; }); }
   static LSTM_EXT_INLINE Reg exp(Reg x) {

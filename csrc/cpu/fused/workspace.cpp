@@ -23,8 +23,11 @@ float* workspace(Slot slot, size_t floats) {
   Buffer& b = buffers[static_cast<int>(slot)];
   if (b.floats < floats) {
     const size_t bytes = (floats * sizeof(float) + 63) / 64 * 64;
-    b.data.reset(static_cast<float*>(std::aligned_alloc(64, bytes)));
-    if (!b.data) throw std::bad_alloc();
+    // Allocate before letting go of the old buffer, so a failure leaves the
+    // slot as it was (still valid for the sizes it already serves).
+    float* grown = static_cast<float*>(std::aligned_alloc(64, bytes));
+    if (grown == nullptr) throw std::bad_alloc();
+    b.data.reset(grown);
     b.floats = floats;
   }
   return b.data.get();
