@@ -323,10 +323,12 @@ def wait_for_idle(max_wait: float, threshold: float) -> Optional[float]:
 KERNEL_ENV = "LSTM_EXT_CPU_KERNEL"
 
 
-def cpu_kernel_info(requested: Optional[str]) -> dict:
+def cpu_kernel_info(requested: Optional[str], dtype: Optional[torch.dtype] = None) -> dict:
     """Which CPU kernel the ext runs: the request (--kernel), the environment
-    value, the kernels available here (best first) and the effective one.
-    "error" is set when the value names no available kernel."""
+    value, the kernels available here (best first) and the effective one for
+    `dtype` (bf16-only kernels such as avx512bf16 serve bfloat16 alone; a
+    float32 run uses the best float kernel). "error" is set when the value
+    names no available kernel."""
     env = os.environ.get(KERNEL_ENV)
     info = {"requested": requested, "env": env, "available": None, "effective": None}
     try:
@@ -337,10 +339,11 @@ def cpu_kernel_info(requested: Optional[str]) -> dict:
             info["error"] = f"--kernel {requested}: this lstm_ext has no cpu_kernels() op"
         return info
     info["available"] = available
+    float_kernels = [k for k in available if "bf16" not in k]
     if env in (None, "", "auto"):
-        info["effective"] = available[0]
+        info["effective"] = available[0] if dtype == torch.bfloat16 else float_kernels[0]
     elif env in available:
-        info["effective"] = env
+        info["effective"] = env if (dtype == torch.bfloat16 or "bf16" not in env) else float_kernels[0]
     else:
         info["error"] = (f"{KERNEL_ENV}={env!r} is not a kernel of this build/CPU; "
                          f"expected auto or one of {', '.join(available)}")
@@ -1027,7 +1030,7 @@ def main(argv=None) -> int:
     shapes = args.shapes or (QUICK_SUITE if args.quick else DEFAULT_SUITE)
     ext_classes, ext_mod, ext_version = load_ext(
         args.ext_module, dict.fromkeys(module_class_name(s.model) for s in shapes))
-    kernel_info = cpu_kernel_info(args.kernel)
+    kernel_info = cpu_kernel_info(args.kernel, dtype)
     if kernel_info.get("error"):
         sys.exit(f"error: {kernel_info['error']}")
     modes = ["inference", "training"] if args.mode == "both" else [args.mode]
