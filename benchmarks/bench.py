@@ -323,6 +323,13 @@ def wait_for_idle(max_wait: float, threshold: float) -> Optional[float]:
 KERNEL_ENV = "LSTM_EXT_CPU_KERNEL"
 
 
+def default_cpu_kernel(available, dtype: Optional[torch.dtype]) -> Optional[str]:
+    """The kernel lstm_ext picks by itself for `dtype`: the first available,
+    except that bf16-only kernels (avx512bf16) do not run float32."""
+    usable = available if dtype == torch.bfloat16 else [k for k in available if "bf16" not in k]
+    return usable[0] if usable else None
+
+
 def cpu_kernel_info(requested: Optional[str], dtype: Optional[torch.dtype] = None) -> dict:
     """Which CPU kernel the ext runs: the request (--kernel), the environment
     value, the kernels available here (best first) and the effective one for
@@ -339,11 +346,11 @@ def cpu_kernel_info(requested: Optional[str], dtype: Optional[torch.dtype] = Non
             info["error"] = f"--kernel {requested}: this lstm_ext has no cpu_kernels() op"
         return info
     info["available"] = available
-    float_kernels = [k for k in available if "bf16" not in k]
+    default = default_cpu_kernel(available, dtype)
     if env in (None, "", "auto"):
-        info["effective"] = available[0] if dtype == torch.bfloat16 else float_kernels[0]
+        info["effective"] = default
     elif env in available:
-        info["effective"] = env if (dtype == torch.bfloat16 or "bf16" not in env) else float_kernels[0]
+        info["effective"] = env if (dtype == torch.bfloat16 or "bf16" not in env) else default
     else:
         info["error"] = (f"{KERNEL_ENV}={env!r} is not a kernel of this build/CPU; "
                          f"expected auto or one of {', '.join(available)}")
@@ -1041,8 +1048,9 @@ def main(argv=None) -> int:
     tag = args.tag or ("quick" if args.quick else "custom" if args.shapes else None)
     dtype_suffix = {torch.float32: "", torch.bfloat16: "-bf16"}.get(dtype, f"-{args.dtype}")
     # A kernel other than the default one gets its own files; the default keeps the plain name.
-    eff, avail = kernel_info.get("effective"), kernel_info.get("available") or []
-    kernel_suffix = f"-{eff}" if eff and avail and eff != avail[0] else ""
+    eff = kernel_info.get("effective")
+    default = default_cpu_kernel(kernel_info.get("available") or [], dtype)
+    kernel_suffix = f"-{eff}" if eff and default and eff != default else ""
     stem = slug + dtype_suffix + kernel_suffix + (f"-{tag}" if tag else "")
     os.makedirs(args.out_dir, exist_ok=True)
 
