@@ -2,9 +2,12 @@
 //
 // The input projection (x W_ih^T + b for all steps) and the weight gradients
 // are single large GEMMs done by the caller; these loops do only what must be
-// sequential: per step the recurrent GEMM (and the projection's, with w_hr)
-// and one fused elementwise pass. They allocate nothing and make no
-// dispatcher calls.
+// sequential. float32 runs on the fused kernels (cpu/fused/kernels.h) unless
+// LSTM_EXT_CPU_KERNEL=reference (cpu/kernel_select.h); the reference loops
+// here (float64, and the oracle for the fused ones) make per step one BLAS
+// call for the recurrent GEMM (and the projection's, with w_hr) and one
+// fused at::vec elementwise pass. Neither allocates nor calls the
+// dispatcher inside the time loop.
 //
 // Letters: N rows over all steps (T*B dense, sum(batch_sizes) packed), B the
 // widest step, H cell size, P size of h (H, or proj_size with w_hr). Rows of

@@ -3,8 +3,10 @@
 //
 // The input projection (x W_ih^T + bias for all rows) and the weight
 // gradients are single large GEMMs done by the caller (rnn_cpu.cpp); these
-// loops do only what must be sequential: per step one recurrent GEMM and one
-// fused elementwise pass. They allocate nothing and make no dispatcher calls.
+// loops do only what must be sequential. float32 runs on the fused kernels
+// (cpu/fused/kernels.h) unless LSTM_EXT_CPU_KERNEL=reference; the reference
+// loops here make per step one recurrent GEMM and one fused elementwise
+// pass. They allocate nothing and make no dispatcher calls.
 //
 // Letters: T steps, B batch (rows of the widest step), N rows over all steps
 // (T*B when dense), H hidden units. Steps and their rows come from a
