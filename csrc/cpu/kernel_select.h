@@ -7,6 +7,12 @@
 // BLAS-per-step loop (lstm_sequence.cpp), the oracle the fused ones are
 // checked against. Asking for a kernel that is not available is an error.
 //
+// The build itself targets the machine it is built on (setup.py's
+// LSTM_EXT_CPU_ISA flags apply to every file), so the run-time choice is
+// among the paths that build compiled, for tests and comparisons; it does not
+// make an AVX-512 build run on an AVX2-only CPU. Build with
+// LSTM_EXT_CPU_ISA=avx2 (or default) for older machines.
+//
 // bfloat16 LSTM forwards run natively on avx512bf16 (fused/kernels_bf16.h)
 // when this build compiled it and the CPU has it, unless LSTM_EXT_CPU_KERNEL
 // names another kernel: then they run that float32 kernel on upcast
