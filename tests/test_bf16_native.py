@@ -155,7 +155,10 @@ def test_native_is_the_default_for_bf16(monkeypatch):
         # the upcast path keeps h_{t-1} in float32 on its way to the next step
         assert not torch.equal(native[4], upcast[4])
     else:
-        torch.testing.assert_close(default, upcast, atol=0, rtol=0)
+        # the upcast path on the default float32 kernel
+        best_float = [k for k in OPS.cpu_kernels() if "bf16" not in k][0]
+        upcast_default = _ours(args, False, True, best_float, monkeypatch)
+        torch.testing.assert_close(default, upcast_default, atol=0, rtol=0)
 
 
 def test_native_kernel_request(monkeypatch):
