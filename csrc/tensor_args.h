@@ -12,11 +12,6 @@ using OptTensor = std::optional<at::Tensor>;
 
 inline bool present(const OptTensor& t) { return t.has_value() && t->defined(); }
 
-inline OptTensor contiguous_or_none(const OptTensor& t) {
-  if (!present(t)) return std::nullopt;
-  return t->contiguous();
-}
-
 template <typename scalar_t>
 scalar_t* ptr_or_null(const OptTensor& t) {
   return present(t) ? t->data_ptr<scalar_t>() : nullptr;

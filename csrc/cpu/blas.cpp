@@ -46,8 +46,6 @@ void gemm_aten(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T al
 
 }  // namespace
 
-bool has_direct_blas() { return sgemm_ != nullptr && dgemm_ != nullptr; }
-
 template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
           int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc) {

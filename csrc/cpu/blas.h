@@ -18,7 +18,4 @@ template <typename T>
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, T alpha, const T* A,
           int64_t lda, const T* B, int64_t ldb, T beta, T* C, int64_t ldc);
 
-// True when the direct BLAS path is in use (no dispatcher in the time loop).
-bool has_direct_blas();
-
 }  // namespace lstm_ext::cpu

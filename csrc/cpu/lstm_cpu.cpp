@@ -38,14 +38,24 @@ namespace {
 
 using at::Tensor;
 
-// x W_ih^T + bias for all N rows at once, into the [N,4H] buffer that the
-// time loop accumulates the recurrent product into: a fresh tensor when it is
-// saved for backward, this thread's reused scratch otherwise.
+// The [N,4H] buffer the input projection fills and the time loop accumulates
+// the recurrent product into: a fresh tensor when it is saved for backward,
+// this thread's reused scratch otherwise.
+Tensor gates_buffer(const LstmDims& d, const at::TensorOptions& opts, bool saved) {
+  const std::vector<int64_t> sizes{d.seq.N, 4 * d.H};
+  return saved ? at::empty(sizes, opts) : scratch(ScratchRole::kGates, sizes, opts);
+}
+
+// The gates output: the activations [T,B,4H] (packed: [N,4H]) when saved,
+// else an empty tensor (the buffer was scratch).
+Tensor gates_output(const Tensor& gates, const LstmDims& d, bool saved) {
+  return saved ? gates.view(d.seq.shape(4 * d.H)) : at::empty({0}, gates.options());
+}
+
+// x W_ih^T + bias for all N rows at once, into gates_buffer.
 Tensor input_projection(const Tensor& x, const Tensor& w_ih, const OptTensor& bias,
                         const LstmDims& d, bool saved) {
-  const std::vector<int64_t> sizes{d.seq.N, 4 * d.H};
-  Tensor gates = saved ? at::empty(sizes, x.options())
-                       : scratch(ScratchRole::kGates, sizes, x.options());
+  Tensor gates = gates_buffer(d, x.options(), saved);
   input_projection_into(gates, x.view({d.seq.N, d.I}), w_ih, bias);
   return gates;
 }
@@ -69,8 +79,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_bf16(
   const int64_t N = d.seq.N, H = d.H, P = d.P, G = 4 * H;
 
   // gates [N,4H] float32 = x W_ih^T + b.
-  const std::vector<int64_t> sizes{N, G};
-  Tensor gates = save ? at::empty(sizes, opts32) : scratch(ScratchRole::kGates, sizes, opts32);
+  Tensor gates = gates_buffer(d, opts32, save);
   {
     const fused::PairPanels wp =
         pack_weights(k, Slot::kInput, PackKind::kRows, bf16_ptr(w_ih), G, d.I);
@@ -98,9 +107,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_bf16(
   gather_final_state<at::BFloat16>(layout, reverse, P, y.data_ptr<at::BFloat16>(),
                                    h0.data_ptr<at::BFloat16>(), h_n.data_ptr<at::BFloat16>());
 
-  if (!save) gates = at::empty({0}, opts32);
-  else gates = gates.view(d.seq.shape(G));
-  return {y, h_n, to_storage(c_state, x_in), gates, cells};
+  return {y, h_n, to_storage(c_state, x_in), gates_output(gates, d, save), cells};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_cpu(
@@ -138,9 +145,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_cpu(
                                  h0c.data_ptr<scalar_t>(), h_n.data_ptr<scalar_t>());
   });
 
-  if (!save_for_backward) gates = at::empty({0}, opts);
-  else gates = gates.view(d.seq.shape(4 * d.H));
-  return {to_storage(y, x_in), to_storage(h_n, x_in), to_storage(c_state, x_in), gates, cells};
+  return {to_storage(y, x_in), to_storage(h_n, x_in), to_storage(c_state, x_in),
+          gates_output(gates, d, save_for_backward), cells};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward_cpu(

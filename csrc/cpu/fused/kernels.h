@@ -98,7 +98,6 @@ struct LinearArgsOf {
 using LinearArgs = LinearArgsOf<float, Panels>;
 
 struct Kernels {
-  const char* name;
   int vector_width;  // V of the Panels these kernels take
   void (*lstm_forward)(const LstmForwardArgs&, int threads);
   void (*lstm_backward)(const LstmBackwardArgs&, int threads);
@@ -120,7 +119,6 @@ const Kernels* generic_kernels();
 using LstmForwardBf16Args = LstmForwardArgsOf<Bf16, PairPanels>;
 using LinearBf16Args = LinearArgsOf<Bf16, PairPanels>;
 struct Bf16Kernels {
-  const char* name;
   int vector_width;
   void (*lstm_forward)(const LstmForwardBf16Args&, int threads);
   void (*linear)(const LinearBf16Args&, int threads);

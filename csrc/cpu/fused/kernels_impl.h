@@ -444,8 +444,8 @@ struct Fused {
   }
 
   static const Kernels* table() {
-    static const Kernels k{S::kName,     V,           &lstm_forward, &lstm_backward,
-                           &rnn_forward, &rnn_backward, &linear};
+    static const Kernels k{V, &lstm_forward, &lstm_backward, &rnn_forward, &rnn_backward,
+                           &linear};
     return &k;
   }
 };

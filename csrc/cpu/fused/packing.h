@@ -31,6 +31,23 @@ constexpr int kVectors = 4;  // vectors per k step of a panel (= LSTM gates)
 
 enum class PackKind { kGates, kRows, kColumns };
 
+// rows[e] = the source row of w [.,K] (row-major, element type T) that feeds
+// element e = v * V + l (vector v, lane l) of block j's panel, or null for a
+// lane past the last of the N units; kGates or kRows only (see above).
+template <class T>
+void block_source_rows(PackKind kind, const T* w, int64_t N, int64_t K, int V, int64_t j,
+                       const T** rows) {
+  const bool gates = kind == PackKind::kGates;
+  const int64_t per_block = gates ? V : int64_t(kVectors) * V;
+  for (int v = 0; v < kVectors; ++v) {
+    for (int l = 0; l < V; ++l) {
+      const int64_t unit = j * per_block + (gates ? l : int64_t(v) * V + l);
+      const int64_t n = gates ? v * N + unit : unit;
+      rows[v * V + l] = unit < N ? w + n * K : nullptr;
+    }
+  }
+}
+
 class Panels {
  public:
   // Output units N and reduction length K of the product: kGates has N = H
@@ -56,17 +73,9 @@ class Panels {
       pack_columns(j0, j1);
       return;
     }
-    const bool gates = kind_ == PackKind::kGates;
-    const int64_t per_block = gates ? V_ : int64_t(kVectors) * V_;
     const float* rows[kVectors * 64];  // kVectors * V rows, V <= 64
     for (int64_t j = j0; j < j1; ++j) {
-      for (int v = 0; v < kVectors; ++v) {
-        for (int l = 0; l < V_; ++l) {
-          const int64_t unit = j * per_block + (gates ? l : int64_t(v) * V_ + l);
-          const int64_t n = gates ? v * N_ + unit : unit;
-          rows[v * V_ + l] = unit < N_ ? source_ + n * K_ : nullptr;
-        }
-      }
+      block_source_rows(kind_, source_, N_, K_, V_, j, rows);
       transpose_rows(rows, data_ + j * K_ * kVectors * V_);
     }
   }
@@ -78,7 +87,6 @@ class Panels {
 
   int64_t blocks() const { return blocks_; }
   int64_t K() const { return K_; }
-  int vector_width() const { return V_; }
   const float* panel(int64_t block) const { return data_ + block * K_ * kVectors * V_; }
 
  private:

@@ -50,16 +50,10 @@ class PairPanels {
 
   // Packs blocks [j0, j1), as Panels::pack.
   void pack(int64_t j0, int64_t j1) const {
-    const bool gates = kind_ == PackKind::kGates;
-    const int64_t per_block = gates ? V_ : int64_t(kVectors) * V_;
     const int64_t E = int64_t(kVectors) * V_;
     const Bf16* rows[kVectors * 64];  // E = kVectors * V rows, V <= 64
     for (int64_t j = j0; j < j1; ++j) {
-      for (int64_t e = 0; e < E; ++e) {
-        const int v = int(e / V_), l = int(e % V_);
-        const int64_t unit = j * per_block + (gates ? l : int64_t(v) * V_ + l);
-        rows[e] = unit < N_ ? source_ + (gates ? v * N_ + unit : unit) * K_ : nullptr;
-      }
+      block_source_rows(kind_, source_, N_, K_, V_, j, rows);
       transpose_pairs(rows, E, data_ + j * pairs(K_) * E);
     }
   }
@@ -70,7 +64,6 @@ class PairPanels {
 
   int64_t blocks() const { return blocks_; }
   int64_t K() const { return K_; }  // in bf16 elements (not pairs)
-  int vector_width() const { return V_; }
   const uint32_t* panel(int64_t block) const { return data_ + block * pairs(K_) * kVectors * V_; }
 
  private:

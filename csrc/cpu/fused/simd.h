@@ -83,7 +83,6 @@ struct SimdAvx512 {
   using Reg = __m512;
   static constexpr int V = 16;
   static constexpr int kMaxRows = 6;  // 24 accumulators + 4 weights + broadcast <= 32 zmm
-  static constexpr const char* kName = "avx512";
 
   static LSTM_EXT_INLINE Reg zero() { return _mm512_setzero_ps(); }
   static LSTM_EXT_INLINE Reg set1(float v) { return _mm512_set1_ps(v); }
@@ -132,7 +131,6 @@ struct SimdAvx2 {
   static constexpr int V = 8;
   // 16 ymm: 12 accumulators + broadcast; the weights are FMA memory operands.
   static constexpr int kMaxRows = 3;
-  static constexpr const char* kName = "avx2";
 
   static LSTM_EXT_INLINE Reg zero() { return _mm256_setzero_ps(); }
   static LSTM_EXT_INLINE Reg set1(float v) { return _mm256_set1_ps(v); }
@@ -177,7 +175,6 @@ struct SimdAvx2 {
 struct SimdGeneric {
   static constexpr int V = 8;
   static constexpr int kMaxRows = 4;
-  static constexpr const char* kName = "generic";
   struct Reg {
     float v[V];
   };
