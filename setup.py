@@ -83,7 +83,8 @@ def _extension():
     if sanitize:
         cxx_flags += [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-g"]
         extra_link += [f"-fsanitize={sanitize}"]
-    cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")) + glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
+    # csrc/cuda: the torch-free kernels; csrc/cuda_binding: tensors to kernels.
+    cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")) + glob.glob(os.path.join("csrc", "cuda_binding", "*.cpp")))
     if _cuda_requested() and not cuda_sources:
         print("lstm_ext: CUDA requested but csrc/cuda has no sources yet: building the CPU extension")
     if _cuda_requested() and cuda_sources:

@@ -116,7 +116,23 @@ LARGE_SHAPES = [
     Shape(100, 64, 512, 512),
     Shape(50, 32, 256, 256, layers=2),
 ]
-GROUPS = {"small": SMALL_SHAPES, "large": LARGE_SHAPES}
+# On a GPU (the CUDA-path issue): large-batch shapes (B >= 64, H in {512,
+# 1024}, T = 100) against cuDNN, and small batches (B <= 8), reported.
+GPU_LARGE_SHAPES = [
+    Shape(100, 64, 512, 512),
+    Shape(100, 64, 1024, 1024),
+    Shape(100, 128, 512, 512),
+    Shape(100, 256, 1024, 1024),
+]
+GPU_SMALL_SHAPES = [
+    Shape(100, 1, 256, 256),
+    Shape(100, 4, 512, 512),
+    Shape(100, 8, 1024, 1024),
+    Shape(1000, 4, 512, 512),
+]
+CPU_GROUPS = {"small": SMALL_SHAPES, "large": LARGE_SHAPES}
+GPU_GROUPS = {"gpu-large": GPU_LARGE_SHAPES, "gpu-small": GPU_SMALL_SHAPES}
+GROUPS = {**CPU_GROUPS, **GPU_GROUPS}
 
 DEFAULT_SUITE = [
     # The issue's 7 shapes first (small, then large); the extra variants
@@ -129,9 +145,20 @@ DEFAULT_SUITE = [
 ]
 
 
-def shape_group(shape: Shape) -> Optional[str]:
-    """"small" or "large" for the issue's shapes (also when given with --shapes), else None."""
-    for name, members in GROUPS.items():
+GPU_SUITE = [
+    *GPU_LARGE_SHAPES,
+    *GPU_SMALL_SHAPES,
+    Shape(100, 64, 512, 512, layers=2, bidirectional=True),
+    Shape(100, 64, 512, 512, packed=True),
+    Shape(100, 64, 512, 512, model="RNN_TANH"),
+]
+
+
+def shape_group(shape: Shape, device_type: str = "cpu") -> Optional[str]:
+    """The issue's group of a shape on this device type (also when given with
+    --shapes): "small"/"large" on the CPU, "gpu-small"/"gpu-large" on CUDA;
+    None for the rest."""
+    for name, members in (GPU_GROUPS if device_type == "cuda" else CPU_GROUPS).items():
         if shape in members:
             return name
     return None
@@ -397,6 +424,10 @@ def module_class_name(model: str) -> str:
 
 # --------------------------------------------------------------------------- models
 
+# Dtypes measured against torch.nn's own error in them (check_parity_reduced).
+LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
 def build_models(shape: Shape, ext_classes, device, dtype, seed: int = 0):
     """A torch.nn model and an ext model with identical weights, plus one input.
 
@@ -407,7 +438,7 @@ def build_models(shape: Shape, ext_classes, device, dtype, seed: int = 0):
     torch.manual_seed(seed)
     # bfloat16: both models are built in float32 (the same initial weights as a
     # float32 run) and converted with .bfloat16(), as a user would.
-    build_dtype = torch.float32 if dtype == torch.bfloat16 else dtype
+    build_dtype = torch.float32 if dtype in LOW_PRECISION else dtype
     kwargs = dict(input_size=shape.I, hidden_size=shape.H, num_layers=shape.layers, bias=True,
                   batch_first=False, dropout=0.0, bidirectional=shape.bidirectional,
                   device=device, dtype=build_dtype)
@@ -417,8 +448,8 @@ def build_models(shape: Shape, ext_classes, device, dtype, seed: int = 0):
     ref = getattr(torch.nn, name)(**kwargs)
     ext = ext_classes[name](**kwargs)
     ext.load_state_dict(ref.state_dict())
-    if dtype == torch.bfloat16:
-        ref, ext = ref.bfloat16(), ext.bfloat16()
+    if dtype in LOW_PRECISION:
+        ref, ext = ref.to(dtype), ext.to(dtype)
     # Training steps give their own copy of x requires_grad (see make_step), so
     # the input-gradient product counted by rnn_flops is really computed.
     x = torch.randn(shape.T, shape.B, shape.I, device=device, dtype=build_dtype).to(dtype)
@@ -732,7 +763,7 @@ def run_shape(shape: Shape, modes, ext_classes, device, dtype, timed, args, tol,
     """All modes of one shape: build once, check parity once, time each mode."""
     records = []
     tokens = real_tokens(shape)
-    base = {**asdict(shape), "shape": shape.label, "spec": shape.spec, "group": shape_group(shape),
+    base = {**asdict(shape), "shape": shape.label, "spec": shape.spec, "group": shape_group(shape, device.type),
             "real_tokens": tokens}
     cls = module_class_name(shape.model)
     try:
@@ -741,7 +772,7 @@ def run_shape(shape: Shape, modes, ext_classes, device, dtype, timed, args, tol,
         msg = f"{type(e).__name__}: {e}"
         warn(f"!!! {shape.label}: could not build/load models: {msg}")
         return [{**base, "mode": m, "error": msg, "parity": {"ok": False}} for m in modes]
-    if dtype == torch.bfloat16:
+    if dtype in LOW_PRECISION:
         parity = check_parity_reduced(ref, ext, x, with_grad="training" in modes)
     else:
         parity = check_parity(ref, ext, x, with_grad="training" in modes, tol=tol, grad_tol=grad_tol)
@@ -971,8 +1002,9 @@ def parse_args(argv=None):
                         "varied lengths)")
     p.add_argument("--quick", action="store_true", help="tiny suite and short timing: a smoke test")
     p.add_argument("--mode", choices=["inference", "training", "both"], default="both")
-    p.add_argument("--dtype", choices=["float32", "float64", "bfloat16"], default="float32",
-                   help="bfloat16: both models converted with .bfloat16(), bf16 inputs; parity is each "
+    p.add_argument("--dtype", choices=["float32", "float64", "bfloat16", "float16"], default="float32",
+                   help="bfloat16 / float16 (CUDA only): both models converted with .to(dtype), inputs in "
+                        "that dtype; parity is each "
                         "one's error vs a float32 run of the same values; the GEMM ceiling stays float32 "
                         "(lstm_ext computes bf16 in float32)")
     p.add_argument("--kernel", default=None, metavar="NAME",
@@ -1011,8 +1043,8 @@ def parse_args(argv=None):
             args.warmup = 1
         if "--gemm-size" not in given:
             args.gemm_size = 1024
-    if args.dtype == "bfloat16" and args.device != "cpu":
-        p.error("--dtype bfloat16 is supported on the CPU only (--device cpu)")
+    if args.dtype == "float16" and args.device != "cuda":
+        p.error("--dtype float16 is supported on CUDA only (--device cuda); use bfloat16 on the CPU")
     if args.repeats < 1 or args.max_repeats < args.repeats or args.warmup < 0:
         p.error("need 1 <= --repeats <= --max-repeats and --warmup >= 0")
     return args
@@ -1027,14 +1059,16 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
     # lstm_ext computes bfloat16 in float32, so its ceiling is the float32 GEMM (sgemm).
-    gemm_dtype = torch.float32 if dtype == torch.bfloat16 else dtype
+    # On CUDA the GEMMs run in the low-precision dtype itself (tensor cores).
+    gemm_dtype = torch.float32 if dtype in LOW_PRECISION and device.type == "cpu" else dtype
     if args.kernel is not None:
         # Read by the ops at every call; set before anything runs.
         os.environ[KERNEL_ENV] = args.kernel
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
-    shapes = args.shapes or (QUICK_SUITE if args.quick else DEFAULT_SUITE)
+    default_suite = GPU_SUITE if args.device == "cuda" else DEFAULT_SUITE
+    shapes = args.shapes or (QUICK_SUITE if args.quick else default_suite)
     ext_classes, ext_mod, ext_version = load_ext(
         args.ext_module, dict.fromkeys(module_class_name(s.model) for s in shapes))
     kernel_info = cpu_kernel_info(args.kernel, dtype)
@@ -1046,7 +1080,7 @@ def main(argv=None) -> int:
 
     slug = machine_slug(device, threads)
     tag = args.tag or ("quick" if args.quick else "custom" if args.shapes else None)
-    dtype_suffix = {torch.float32: "", torch.bfloat16: "-bf16"}.get(dtype, f"-{args.dtype}")
+    dtype_suffix = {torch.float32: "", torch.bfloat16: "-bf16", torch.float16: "-fp16"}.get(dtype, f"-{args.dtype}")
     # A kernel other than the default one gets its own files; the default keeps the plain name.
     eff = kernel_info.get("effective")
     default = default_cpu_kernel(kernel_info.get("available") or [], dtype)
@@ -1094,7 +1128,7 @@ def main(argv=None) -> int:
                    "timer": "torch.cuda.Event" if device.type == "cuda" else "time.perf_counter"},
         "parity_tolerance": ({"rule": f"ours <= {BF16_FACTOR:g} * torch.nn + {BF16_FLOOR:g} * max|ref|",
                               "reference": "float32 of the same bfloat16 weights and inputs"}
-                             if dtype == torch.bfloat16 else {"forward_atol_rtol": tol, "grad_rel": grad_tol}),
+                             if dtype in LOW_PRECISION else {"forward_atol_rtol": tol, "grad_rel": grad_tol}),
         "cpu_kernel": kernel_info,
         "gemm_ceiling": {**gemm, "dtype": str(gemm_dtype).replace("torch.", "")},
     }

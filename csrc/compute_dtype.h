@@ -9,7 +9,8 @@
 // forward actually used rather than from bfloat16 roundings of them.
 //
 // float32 and float64 compute in themselves; bfloat16 and float16 compute in
-// float32. (One exception: on CPUs with AVX512-BF16 the bfloat16 LSTM forward
+// float32 (on CUDA the GEMM operands stay in the storage dtype, with float32
+// accumulation, as cuDNN's: see csrc/ops.cpp). (One exception: on CPUs with AVX512-BF16 the bfloat16 LSTM forward
 // multiplies in bfloat16 with float32 accumulation and a float32 cell state,
 // and reads h_{t-1} back as the bfloat16 it returns; see cpu/lstm_cpu.cpp.
 // Its outputs and saved tensors have the dtypes described here.) A binding upcasts its arguments with to_compute, runs the float32

@@ -19,6 +19,12 @@
 //  - the backward ops' `grad_bias`, which is in the compute dtype (the float32
 //    sum over rows, unrounded); the autograd formula casts it to the bias's
 //    dtype.
+// On CUDA, float16 and bfloat16 (float16 exists only there) keep the
+// elementwise math, the cell state and the saved activations in float32, but
+// the GEMMs read and write the storage dtype with float32 accumulation, as
+// cuDNN does: the input projection, each step's recurrent product and h_t, and
+// the gate gradients that the recurrence and the weight-gradient GEMMs read
+// (so grad_bias is the float32 sum of those rounded gate gradients).
 #include <torch/library.h>
 
 TORCH_LIBRARY(lstm_ext, m) {
@@ -98,4 +104,13 @@ TORCH_LIBRARY(lstm_ext, m) {
   // default) first; the last is always "reference". LSTM_EXT_CPU_KERNEL
   // picks one of them (csrc/cpu/kernel_select.h).
   m.def("cpu_kernels() -> str[]");
+
+  // The CUDA path an LSTM layer-direction of this batch (rows of the widest
+  // step), hidden size and dtype takes on CUDA device `device` (-1: the
+  // current one), forward or backward: "persistent (...)" or "standard (why)".
+  // LSTM_EXT_CUDA_PATH=auto|standard|persistent steers it
+  // (csrc/cuda_binding/lstm_path.h). Implemented only in CUDA builds.
+  m.def(
+      "cuda_lstm_path(int batch, int hidden, ScalarType dtype, bool projected=False, "
+      "bool backward=False, int device=-1) -> str");
 }

@@ -5,6 +5,7 @@ arguments, hold the same parameters and return the same values as their
 torch.nn counterparts.
 """
 from . import ops, rnn_ops
+from .ops import cuda_path
 from .modules import (
     LSTM,
     RNN,
@@ -23,6 +24,7 @@ __all__ = [
     "RNN",
     "RNNCell",
     "LSTMStates",
+    "cuda_path",
     "HiddenStateError",
     "InvalidArgumentError",
     "ops",

@@ -24,7 +24,7 @@ from ._autograd import (
     register_opaque_backward,
 )
 
-__all__ = ["lstm_layer", "SUPPORTED_DEVICE_TYPES"]
+__all__ = ["lstm_layer", "cuda_path", "SUPPORTED_DEVICE_TYPES"]
 
 _forward_op = torch.ops.lstm_ext.lstm_forward.default
 _backward_op = torch.ops.lstm_ext.lstm_backward.default
@@ -41,6 +41,27 @@ SUPPORTED_DEVICE_TYPES = frozenset(
         if torch._C._dispatch_has_kernel_for_dispatch_key("lstm_ext::lstm_forward", key)
     }
 )
+
+
+def cuda_path(batch: int, hidden: int, dtype: torch.dtype = torch.float32, *, proj_size: int = 0,
+              backward: bool = False, device=None) -> str:
+    """The CUDA path an LSTM layer-direction takes: ``"persistent (...)"`` (one
+    cooperative kernel for the whole sequence, W_hh resident in shared memory)
+    or ``"standard (why not persistent)"`` (a cuBLAS GEMM and a fused kernel
+    per step), for ``batch`` rows (the widest step), ``hidden`` units, ``dtype``
+    and ``proj_size``, in the forward (or the ``backward``), on ``device``
+    (default: the current CUDA device). The environment variable
+    ``LSTM_EXT_CUDA_PATH=auto|standard|persistent`` steers the choice; with
+    ``persistent`` a configuration that cannot run it raises, here as in the
+    layer."""
+    if "cuda" not in SUPPORTED_DEVICE_TYPES:
+        raise RuntimeError(
+            "lstm_ext.cuda_path: this build of lstm_ext has no CUDA kernels (it supports: "
+            f"{', '.join(sorted(SUPPORTED_DEVICE_TYPES))}); build it with a CUDA torch"
+        )
+    index = -1 if device is None else torch.device(device).index
+    return torch.ops.lstm_ext.cuda_lstm_path(batch, hidden, dtype, proj_size > 0, backward,
+                                             -1 if index is None else index)
 
 
 def lstm_layer(

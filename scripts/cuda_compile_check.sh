@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Compile every csrc/cuda/*.cu with nvcc for sm_80 and sm_90, without torch
 # and without CMake, and keep ptxas' resource report (registers, spills,
-# shared memory per kernel) in benchmarks/results/ptxas_<name>.txt.
+# shared memory per kernel) in benchmarks/results/ptxas_<name>.txt; then
+# syntax-check the torch binding (csrc/cuda_binding/*.cpp) against the
+# installed torch's headers.
 #
 #   bash scripts/cuda_compile_check.sh        (or `make cuda-check`)
 #
@@ -27,10 +29,13 @@ mkdir -p "$REPORT_DIR"
 OBJ_DIR=$(mktemp -d)
 trap 'rm -rf "$OBJ_DIR"' EXIT
 
-# Same nvcc flags as setup.py's CUDAExtension (-O3 -std=c++17),
+# Same nvcc flags as setup.py's CUDAExtension (-O3 -std=c++17, and torch's
+# COMMON_NVCC_FLAGS, which remove the implicit half/bfloat16 conversions),
 # so the ptxas numbers are those of the real build.
 # shellcheck disable=SC2206
 FLAGS=(-c -std=c++17 -O3 -Icsrc
+       -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__
+       -D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__ --expt-relaxed-constexpr
        -gencode arch=compute_80,code=sm_80
        -gencode arch=compute_90,code=sm_90
        -Xptxas -v ${NVCC_FLAGS:-})
@@ -57,3 +62,43 @@ if ((${#failed[@]})); then
   exit 1
 fi
 echo "[cuda-check] all ${#SOURCES[@]} file(s) compile for sm_80 and sm_90"
+
+# The binding (csrc/cuda_binding) needs torch's headers and is only built
+# into the extension by a CUDA torch. Here it gets a syntax check against the
+# installed torch's headers and the CUDA toolkit's, so a CPU-only machine
+# still catches a binding that no longer matches the kernels or the ops.
+BINDINGS=(csrc/cuda_binding/*.cpp)
+PYTHON=${PYTHON:-python3}
+if ((${#BINDINGS[@]} == 0)); then
+  exit 0
+fi
+if ! TORCH_INC=$("$PYTHON" -c "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'include'))" 2>/dev/null); then
+  echo "[cuda-check] torch not importable: binding syntax check skipped"
+  exit 0
+fi
+# nvcc names its own include directory (PATH may hold a wrapper script).
+CUDA_INC=$("$NVCC" --dryrun -c -x cu /dev/null 2>&1 | sed -n 's/^#\$ INCLUDES="-I\([^"]*\)".*/\1/p' | head -n 1)
+# A CPU build of torch ships c10/cuda's headers but not the one CMake
+# generates; an empty stand-in is enough for a syntax check.
+STUB=$OBJ_DIR/stub
+if [[ ! -f "$TORCH_INC/c10/cuda/impl/cuda_cmake_macros.h" ]]; then
+  mkdir -p "$STUB/c10/cuda/impl"
+  echo "#pragma once" > "$STUB/c10/cuda/impl/cuda_cmake_macros.h"
+fi
+CXX=${CXX:-c++}
+pids=()
+for src in "${BINDINGS[@]}"; do
+  "$CXX" -std=c++20 -fsyntax-only -Wall -Wno-unused-parameter -Werror -I"$STUB" -I"$TORCH_INC" \
+    -I"$TORCH_INC/torch/csrc/api/include" -I"$CUDA_INC" -Icsrc "$src" &
+  pids+=($!)
+done
+for i in "${!pids[@]}"; do
+  if ! wait "${pids[$i]}"; then
+    echo "[cuda-check] FAIL binding ${BINDINGS[$i]} (syntax check)" >&2
+    failed+=("${BINDINGS[$i]}")
+  fi
+done
+if ((${#failed[@]})); then
+  exit 1
+fi
+echo "[cuda-check] binding syntax ok: ${BINDINGS[*]}"

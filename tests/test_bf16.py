@@ -15,8 +15,6 @@ torch.nn does): a bfloat16 sum can flip the sign of a pre-activation near 0,
 which relu turns into an O(1) gradient error
 (test_rnn_relu_bias_sum_in_float32 and the ops tests at the end).
 """
-import copy
-
 import pytest
 import torch
 from torch import nn
@@ -26,60 +24,17 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import lstm_ext
 from helpers import assert_message, leaf, module_pair
+from low_precision import FACTOR, FLOOR, assert_as_close_as_torch
+from low_precision import upcast_copy as _upcast_copy
 
 BF16 = torch.bfloat16
 OPS = torch.ops.lstm_ext
-FACTOR = 2.0
-FLOOR = 2.0 ** -10  # times max|ref|: half a bfloat16 rounding (or less) of the largest value
 
 
 # --- helpers ---------------------------------------------------------------------------
 
 def _bf16(*shape, scale=1.0):
     return (scale * torch.randn(*shape)).to(BF16)
-
-
-def _upcast_copy(module):
-    """A float32 copy of ``module`` holding its (bfloat16) weights, upcast: the
-    float32 reference."""
-    return copy.deepcopy(module).float()
-
-
-def _run(module, x, hx, cots):
-    """Outputs and gradients of sum_k <cots[k], outputs[k]> w.r.t. the input, the
-    initial states and every parameter, all as float32 tensors for comparison.
-
-    ``x``, ``hx`` and ``cots`` are bfloat16 and are upcast when the module is
-    float32 (the reference sees exactly the values the bfloat16 runs see)."""
-    dtype = next(module.parameters()).dtype
-    packed = isinstance(x, nn.utils.rnn.PackedSequence)
-    data = leaf(x.data.to(dtype))
-    inp = nn.utils.rnn.PackedSequence(data, x.batch_sizes, x.sorted_indices, x.unsorted_indices) if packed else data
-    states = None if hx is None else tuple(leaf(h.to(dtype)) for h in hx)
-    if states is None:
-        out = module(inp)
-    else:
-        out = module(inp, states[0] if len(states) == 1 else states)
-    out_y, rest = out[0], out[1]
-    outs = {"y": out_y.data if packed else out_y}
-    if isinstance(rest, tuple):
-        outs["h_n"], outs["c_n"] = rest
-    else:
-        outs["h_n"] = rest
-    for name, o in outs.items():
-        assert o.dtype == dtype, (name, o.dtype)
-    wrt = {"x": data, **{f"hx{i}": s for i, s in enumerate(states or ())}, **dict(module.named_parameters())}
-    grads = torch.autograd.grad(list(outs.values()), list(wrt.values()),
-                                [c.to(dtype) for c in cots[:len(outs)]])
-    result = {k: v.detach().float() for k, v in outs.items()}
-    for name, g in zip(wrt, grads):
-        assert g is not None and g.dtype == dtype, (name, None if g is None else g.dtype)
-        result["grad " + name] = g.float()
-    return result
-
-
-def _cotangents(outs_like):
-    return [_bf16(*o.shape) for o in outs_like]
 
 
 class _RNNRoundedBetweenLayers(nn.RNN):
@@ -111,37 +66,6 @@ def _rounded_between_layers(module):
     reference = _upcast_copy(module)
     reference.__class__ = _RNNRoundedBetweenLayers
     return reference
-
-
-def assert_as_close_as_torch(ref_cls, ext_cls, x, hx=None, modules=None, make_reference=_upcast_copy,
-                             **kwargs):
-    """Build torch.nn's and lstm_ext's module in bfloat16 with the same weights
-    (or take ``modules``, such a pair), run both and a float32 reference
-    (``make_reference`` of torch.nn's module), and compare errors as the
-    module docstring says. Returns the errors, for inspection."""
-    torch_bf16, ours = modules or module_pair(ref_cls, ext_cls, dtype=BF16, **kwargs)
-    reference = make_reference(torch_bf16)
-    # cotangents: bfloat16 values shaped like the outputs (from a dry run)
-    with torch.no_grad():
-        probe = ours(x) if hx is None else ours(x, hx if len(hx) > 1 else hx[0])
-    y = probe[0].data if isinstance(probe[0], nn.utils.rnn.PackedSequence) else probe[0]
-    finals = probe[1] if isinstance(probe[1], tuple) else (probe[1],)
-    cots = _cotangents([y, *finals])
-
-    ref = _run(reference, x, hx, cots)
-    got_torch = _run(torch_bf16, x, hx, cots)
-    got_ours = _run(ours, x, hx, cots)
-    errors = {}
-    for k, r in ref.items():
-        err_torch = (got_torch[k] - r).abs().max().item()
-        err_ours = (got_ours[k] - r).abs().max().item()
-        bound = FACTOR * err_torch + FLOOR * r.abs().max().item()
-        errors[k] = (err_torch, err_ours)
-        assert err_ours <= bound, (
-            f"{k}: max|ours - fp32 ref| = {err_ours:.3e} > {FACTOR} * {err_torch:.3e} "
-            f"(torch.nn bf16's error) + floor = {bound:.3e}"
-        )
-    return errors
 
 
 # --- LSTM against torch.nn.LSTM ----------------------------------------------------------

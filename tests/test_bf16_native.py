@@ -16,11 +16,10 @@ import torch
 from torch import nn
 
 import lstm_ext  # noqa: F401  (registers the ops)
+from low_precision import FACTOR, FLOOR
 
 BF16 = torch.bfloat16
 OPS = torch.ops.lstm_ext
-FACTOR = 2.0
-FLOOR = 2.0 ** -10
 NATIVE = "avx512bf16"
 HAVE_NATIVE = NATIVE in OPS.cpu_kernels()
 PATHS = [NATIVE, "reference"] if HAVE_NATIVE else ["reference"]
@@ -178,7 +177,7 @@ def test_native_kernel_request(monkeypatch):
 def test_module_training_with_native_forward():
     """A module's bfloat16 forward (native where available) and its float32
     backward: gradients within the budget of test_bf16.py."""
-    from test_bf16 import assert_as_close_as_torch
+    from low_precision import assert_as_close_as_torch
 
     x = _bf16(9, 7, 5)
     hx = (_bf16(1, 7, 17, scale=0.5), _bf16(1, 7, 17, scale=0.5))

@@ -13,6 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import lstm_ext
 from helpers import assert_message, copy_params, dtype_re, needs_cuda, num_re, shape_re
+from lstm_ext.ops import SUPPORTED_DEVICE_TYPES
 
 
 class _OpRecorder(TorchDispatchMode):
@@ -278,3 +279,10 @@ def test_cell_ctor_non_int_sizes(name, value):
     full = dict(input_size=I, hidden_size=H)
     full.update({name: value})
     expect_same_error(lambda: nn.LSTMCell(**full), lambda: lstm_ext.LSTMCell(**full), r"float")
+
+
+@pytest.mark.skipif("cuda" in SUPPORTED_DEVICE_TYPES,
+                    reason="this build has CUDA kernels: tests/test_cuda.py covers cuda_path")
+def test_cuda_path_without_cuda_kernels_raises_clearly():
+    with pytest.raises(RuntimeError, match=r"no CUDA kernels.*supports: cpu, meta"):
+        lstm_ext.cuda_path(4, 512)

@@ -1,0 +1,4 @@
+// The CUDA kernels for __nv_bfloat16 (one translation unit per dtype; see kernels_impl.cuh).
+#include "cuda/kernels_impl.cuh"
+
+LSTM_EXT_INSTANTIATE_CUDA_KERNELS(__nv_bfloat16)

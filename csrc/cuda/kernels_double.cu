@@ -1,0 +1,4 @@
+// The CUDA kernels for double (one translation unit per dtype; see kernels_impl.cuh).
+#include "cuda/kernels_impl.cuh"
+
+LSTM_EXT_INSTANTIATE_CUDA_KERNELS(double)

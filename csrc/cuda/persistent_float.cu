@@ -1,0 +1,4 @@
+// The persistent LSTM kernels for float (one translation unit per dtype; see persistent_impl.cuh).
+#include "cuda/persistent_impl.cuh"
+
+LSTM_EXT_INSTANTIATE_PERSISTENT(float)

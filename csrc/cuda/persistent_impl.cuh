@@ -1,0 +1,351 @@
+// Definitions of the persistent LSTM kernels (persistent.h), instantiated per
+// dtype by persistent_<dtype>.cu with LSTM_EXT_INSTANTIATE_PERSISTENT.
+//
+// Shared memory of a block, in the order plan_persistent sizes it:
+//   weights  [4U][H] (forward: row q = g*U + u is gate g of unit u0 + u) or
+//            [U][4H] (backward: row u is column u0 + u of W_hh), T
+//   state    [B][U] floats x 2 (forward: c; backward: dh, dc)
+//   stage    [tile_rows][width] floats (h_{t-1} rows, or dgates rows)
+//   partial  [tile_rows][4U] floats (the block's products for the staged rows)
+// Rows of units past H (the last block) are zero and never written out.
+//
+// Data other blocks wrote in the previous step (h_{t-1}, dgates) is read with
+// __ldcg (L2, not L1: L1 is not coherent between SMs); the grid barrier
+// orders those writes before the reads.
+#pragma once
+
+#include <cooperative_groups.h>
+#include <cuda_runtime.h>
+
+#include "cuda/kernels_impl.cuh"
+#include "cuda/persistent.h"
+
+namespace lstm_ext::cuda {
+namespace persistent_detail {
+
+namespace cg = cooperative_groups;
+using detail::cast_to;
+using detail::sigmoid;
+
+constexpr int kRowGroup = 4;  // rows per warp work item (register tile)
+constexpr int kColGroup = 8;  // matrix rows per warp work item
+
+__host__ __device__ inline size_t align16(size_t n) { return (n + 15) / 16 * 16; }
+
+template <typename T>
+__device__ __forceinline__ float to_float(T v) {
+  return static_cast<float>(v);
+}
+template <>
+__device__ __forceinline__ float to_float<__half>(__half v) {
+  return __half2float(v);
+}
+template <>
+__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+// out[r][p] = sum_k rows[r][k] * mat[p][k] for r < nr, p < np: rows [nr][len]
+// floats and mat [np][len] in shared memory, out [nr][np]. Each warp item is a
+// kRowGroup x kColGroup register tile, so mat is read once per row group.
+template <typename T>
+__device__ void block_dots(const float* rows, int nr, int64_t len, const T* mat, int np,
+                           float* out) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, warps = blockDim.x / 32;
+  const int row_groups = (nr + kRowGroup - 1) / kRowGroup;
+  const int col_groups = (np + kColGroup - 1) / kColGroup;
+  for (int item = warp; item < row_groups * col_groups; item += warps) {
+    const int r0 = (item / col_groups) * kRowGroup, p0 = (item % col_groups) * kColGroup;
+    float acc[kRowGroup][kColGroup] = {};
+    for (int64_t k = lane; k < len; k += 32) {
+      float x[kRowGroup];
+#pragma unroll
+      for (int r = 0; r < kRowGroup; ++r) x[r] = r0 + r < nr ? rows[(r0 + r) * len + k] : 0.f;
+#pragma unroll
+      for (int p = 0; p < kColGroup; ++p) {
+        const float w = p0 + p < np ? to_float(mat[(p0 + p) * len + k]) : 0.f;
+#pragma unroll
+        for (int r = 0; r < kRowGroup; ++r) acc[r][p] += x[r] * w;
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < kRowGroup; ++r) {
+#pragma unroll
+      for (int p = 0; p < kColGroup; ++p) {
+        const float v = warp_sum(acc[r][p]);
+        if (lane == 0 && r0 + r < nr && p0 + p < np) out[(r0 + r) * np + p0 + p] = v;
+      }
+    }
+  }
+}
+
+// rows [nr][width] floats <- src rows (row stride width), written by other blocks.
+template <typename T>
+__device__ void stage_rows(float* rows, const T* src, int nr, int64_t width) {
+  for (int64_t e = threadIdx.x; e < nr * width; e += blockDim.x) rows[e] = to_float(__ldcg(src + e));
+}
+
+struct Smem {
+  unsigned char* weights;
+  float* state;
+  float* stage;
+  float* partial;
+};
+
+template <typename T>
+__device__ Smem carve(unsigned char* base, int64_t B, int64_t H, int U, int tile_rows,
+                      int64_t width) {
+  Smem s;
+  s.weights = base;
+  s.state = reinterpret_cast<float*>(base + align16(static_cast<size_t>(4 * U * H) * sizeof(T)));
+  s.stage = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(s.state) +
+                                     align16(static_cast<size_t>(2 * B * U) * sizeof(float)));
+  s.partial = s.stage + tile_rows * width;
+  return s;
+}
+
+__device__ __forceinline__ int64_t step_at(int64_t T, int64_t s, bool reverse) {
+  return reverse ? T - 1 - s : s;
+}
+
+// First row of step t: offsets[t], or t*B for dense input (offsets null).
+__device__ __forceinline__ int64_t first_row(const int64_t* offsets, int64_t t, int64_t B) {
+  return offsets ? offsets[t] : t * B;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kPersistentThreads)
+    forward_kernel(PersistentForward<T> a, int U, int tile_rows) {
+  extern __shared__ __align__(16) unsigned char smem_base[];
+  cg::grid_group grid = cg::this_grid();
+  const int64_t T_steps = a.T_steps, B = a.B, H = a.H, G = 4 * H;
+  const int64_t u0 = static_cast<int64_t>(blockIdx.x) * U;
+  const int units = static_cast<int>(H - u0 < U ? H - u0 : U);
+  const int Q = 4 * U;
+  const Smem sm = carve<T>(smem_base, B, H, U, tile_rows, H);
+  T* w = reinterpret_cast<T*>(sm.weights);
+  float* c = sm.state;  // [B][U]
+
+  for (int64_t e = threadIdx.x; e < Q * H; e += blockDim.x) {
+    const int64_t q = e / H, k = e - q * H, g = q / U, u = q - g * U;
+    w[e] = u < units ? a.w_hh[(g * H + u0 + u) * H + k] : cast_to<T>(0.f);
+  }
+  T* h_first = a.h_buffers;
+  for (int64_t e = threadIdx.x; e < B * units; e += blockDim.x) {
+    const int64_t r = e / units, j = u0 + (e - r * units);
+    c[r * U + (j - u0)] = static_cast<float>(a.c0[r * H + j]);
+    h_first[r * H + j] = a.h0[r * H + j];
+  }
+  grid.sync();
+
+  for (int64_t s = 0; s < T_steps; ++s) {
+    const int64_t t = step_at(T_steps, s, a.reverse);
+    const int64_t base = first_row(a.offsets, t, B), rows = first_row(a.offsets, t + 1, B) - base;
+    const T* h_prev = a.h_buffers + (s & 1) * B * H;
+    T* h_next = a.h_buffers + ((s + 1) & 1) * B * H;
+    for (int64_t r0 = 0; r0 < rows; r0 += tile_rows) {
+      const int nr = static_cast<int>(rows - r0 < tile_rows ? rows - r0 : tile_rows);
+      stage_rows(sm.stage, h_prev + r0 * H, nr, H);
+      __syncthreads();
+      block_dots(sm.stage, nr, H, w, Q, sm.partial);
+      __syncthreads();
+      for (int64_t e = threadIdx.x; e < nr * units; e += blockDim.x) {
+        const int64_t r = e / units, u = e - r * units, row = r0 + r, j = u0 + u, n = base + row;
+        float pre[4];
+#pragma unroll
+        for (int g = 0; g < 4; ++g) {
+          pre[g] = sm.partial[r * Q + g * U + u] + to_float(a.proj[n * G + g * H + j]) +
+                   (a.bias ? static_cast<float>(a.bias[g * H + j]) : 0.f);
+        }
+        const float i = sigmoid(pre[0]), f = sigmoid(pre[1]), gg = tanhf(pre[2]),
+                    o = sigmoid(pre[3]);
+        const float cn = f * c[row * U + u] + i * gg;
+        const T h = cast_to<T>(o * tanhf(cn));
+        c[row * U + u] = cn;
+        a.y[n * H + j] = h;
+        h_next[row * H + j] = h;
+        if (a.gates) {
+          a.gates[n * G + j] = i;
+          a.gates[n * G + H + j] = f;
+          a.gates[n * G + 2 * H + j] = gg;
+          a.gates[n * G + 3 * H + j] = o;
+        }
+        if (a.cells) a.cells[n * H + j] = cn;
+      }
+      __syncthreads();
+    }
+    // Rows this step does not reach (packed) keep their h.
+    for (int64_t e = threadIdx.x; e < (B - rows) * units; e += blockDim.x) {
+      const int64_t row = rows + e / units, j = u0 + e % units;
+      h_next[row * H + j] = h_prev[row * H + j];
+    }
+    grid.sync();
+  }
+
+  const T* h_last = a.h_buffers + (T_steps & 1) * B * H;
+  for (int64_t e = threadIdx.x; e < B * units; e += blockDim.x) {
+    const int64_t r = e / units, u = e - r * units, j = u0 + u;
+    a.h_n[r * H + j] = h_last[r * H + j];
+    a.c_n[r * H + j] = c[r * U + u];
+  }
+}
+
+// dh[row][u] <- (dgates rows [0, rows) of the step at `base`) . W_hh[:, u0 + u]
+template <typename T>
+__device__ void recurrent_gradient(const Smem& sm, const T* wc, const T* dgates, int64_t base,
+                                   int64_t rows, int64_t H, int U, int units, int tile_rows,
+                                   float* dh) {
+  const int64_t G = 4 * H;
+  for (int64_t r0 = 0; r0 < rows; r0 += tile_rows) {
+    const int nr = static_cast<int>(rows - r0 < tile_rows ? rows - r0 : tile_rows);
+    stage_rows(sm.stage, dgates + (base + r0) * G, nr, G);
+    __syncthreads();
+    block_dots(sm.stage, nr, G, wc, U, sm.partial);
+    __syncthreads();
+    for (int64_t e = threadIdx.x; e < nr * units; e += blockDim.x) {
+      const int64_t r = e / units, u = e - r * units;
+      dh[(r0 + r) * U + u] = sm.partial[r * U + u];
+    }
+    __syncthreads();
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kPersistentThreads)
+    backward_kernel(PersistentBackward<T> a, int U, int tile_rows) {
+  extern __shared__ __align__(16) unsigned char smem_base[];
+  cg::grid_group grid = cg::this_grid();
+  const int64_t T_steps = a.T_steps, B = a.B, H = a.H, G = 4 * H;
+  const int64_t u0 = static_cast<int64_t>(blockIdx.x) * U;
+  const int units = static_cast<int>(H - u0 < U ? H - u0 : U);
+  const Smem sm = carve<T>(smem_base, B, H, U, tile_rows, G);
+  T* wc = reinterpret_cast<T*>(sm.weights);  // [U][4H]
+  float* dh = sm.state;                      // [B][U]
+  float* dc = sm.state + B * U;              // [B][U]
+
+  for (int64_t e = threadIdx.x; e < U * G; e += blockDim.x) {
+    const int64_t u = e / G, q = e - u * G;
+    wc[e] = u < units ? a.w_hh[q * H + u0 + u] : cast_to<T>(0.f);
+  }
+  for (int64_t e = threadIdx.x; e < B * units; e += blockDim.x) {
+    const int64_t r = e / units, u = e - r * units, j = u0 + u;
+    dh[r * U + u] = a.grad_h_n ? to_float(a.grad_h_n[r * H + j]) : 0.f;
+    dc[r * U + u] = a.grad_c_n ? static_cast<float>(a.grad_c_n[r * H + j]) : 0.f;
+  }
+  __syncthreads();
+
+  // Visit the forward's steps last to first: forward step index sf = T-1-s.
+  for (int64_t s = 0; s < T_steps; ++s) {
+    const int64_t sf = T_steps - 1 - s;
+    const int64_t t = step_at(T_steps, sf, a.reverse);
+    const int64_t base = first_row(a.offsets, t, B), rows = first_row(a.offsets, t + 1, B) - base;
+    if (s > 0) {  // the gradient at h_t from the step visited just before
+      const int64_t tp = step_at(T_steps, sf + 1, a.reverse);
+      const int64_t tp_base = first_row(a.offsets, tp, B);
+      recurrent_gradient(sm, wc, a.dgates, tp_base, first_row(a.offsets, tp + 1, B) - tp_base, H,
+                         U, units, tile_rows, dh);
+    }
+    // c_{t-1}: the forward's previous step (prev_rows rows continue), else c0.
+    const bool has_prev = sf > 0;
+    const int64_t tf = has_prev ? step_at(T_steps, sf - 1, a.reverse) : 0;
+    const int64_t prev_base = has_prev ? first_row(a.offsets, tf, B) : 0;
+    const int64_t prev_rows = has_prev ? first_row(a.offsets, tf + 1, B) - prev_base : 0;
+    for (int64_t e = threadIdx.x; e < rows * units; e += blockDim.x) {
+      const int64_t row = e / units, u = e - row * units, j = u0 + u, n = base + row;
+      const float i = a.gates[n * G + j], f = a.gates[n * G + H + j],
+                  gg = a.gates[n * G + 2 * H + j], o = a.gates[n * G + 3 * H + j];
+      const float cell = a.cells[n * H + j];
+      const float c_prev = row < prev_rows ? static_cast<float>(a.cells[(prev_base + row) * H + j])
+                                           : static_cast<float>(a.c0[row * H + j]);
+      float dht = dh[row * U + u];
+      if (a.grad_y) dht += to_float(a.grad_y[n * H + j]);
+      float dct = dc[row * U + u];
+      if (a.grad_cells) dct += static_cast<float>(a.grad_cells[n * H + j]);
+      const float tc = tanhf(cell);
+      dct += dht * o * (1.f - tc * tc);
+      a.dgates[n * G + j] = cast_to<T>(dct * gg * i * (1.f - i));
+      a.dgates[n * G + H + j] = cast_to<T>(dct * c_prev * f * (1.f - f));
+      a.dgates[n * G + 2 * H + j] = cast_to<T>(dct * i * (1.f - gg * gg));
+      a.dgates[n * G + 3 * H + j] = cast_to<T>(dht * tc * o * (1.f - o));
+      dc[row * U + u] = dct * f;
+    }
+    grid.sync();
+  }
+
+  if (T_steps > 0) {  // the gradient at h0 from the first forward step
+    const int64_t t0 = step_at(T_steps, 0, a.reverse);
+    const int64_t t0_base = first_row(a.offsets, t0, B);
+    recurrent_gradient(sm, wc, a.dgates, t0_base, first_row(a.offsets, t0 + 1, B) - t0_base, H, U,
+                       units, tile_rows, dh);
+  }
+  for (int64_t e = threadIdx.x; e < B * units; e += blockDim.x) {
+    const int64_t r = e / units, u = e - r * units, j = u0 + u;
+    a.grad_h0[r * H + j] = cast_to<T>(dh[r * U + u]);
+    a.grad_c0[r * H + j] = dc[r * U + u];
+  }
+}
+
+template <typename Kernel>
+cudaError_t launch_cooperative(Kernel kernel, const PersistentPlan& plan, void** args,
+                               cudaStream_t stream) {
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(plan.smem_bytes));
+  if (err != cudaSuccess) return err;
+  return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(plan.blocks),
+                                     dim3(kPersistentThreads), args, plan.smem_bytes, stream);
+}
+
+}  // namespace persistent_detail
+
+template <typename T>
+cudaError_t persistent_lstm_forward(const PersistentForward<T>& a, const PersistentPlan& plan,
+                                    cudaStream_t stream) {
+  PersistentForward<T> args = a;
+  int U = plan.units, tile_rows = plan.tile_rows;
+  void* params[] = {&args, &U, &tile_rows};
+  return persistent_detail::launch_cooperative(persistent_detail::forward_kernel<T>, plan, params,
+                                               stream);
+}
+
+template <typename T>
+cudaError_t persistent_lstm_backward(const PersistentBackward<T>& a, const PersistentPlan& plan,
+                                     cudaStream_t stream) {
+  PersistentBackward<T> args = a;
+  int U = plan.units, tile_rows = plan.tile_rows;
+  void* params[] = {&args, &U, &tile_rows};
+  return persistent_detail::launch_cooperative(persistent_detail::backward_kernel<T>, plan, params,
+                                               stream);
+}
+
+template <typename T>
+cudaError_t persistent_lstm_fits(const PersistentPlan& plan, bool backward, int sms, bool* fits) {
+  *fits = false;
+  const void* kernel = backward ? reinterpret_cast<const void*>(persistent_detail::backward_kernel<T>)
+                                : reinterpret_cast<const void*>(persistent_detail::forward_kernel<T>);
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(plan.smem_bytes));
+  if (err != cudaSuccess) return err;
+  int per_sm = 0;
+  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kPersistentThreads,
+                                                      plan.smem_bytes);
+  if (err != cudaSuccess) return err;
+  *fits = static_cast<int64_t>(per_sm) * sms >= plan.blocks;
+  return cudaSuccess;
+}
+
+}  // namespace lstm_ext::cuda
+
+#define LSTM_EXT_INSTANTIATE_PERSISTENT(T)                                                     \
+  namespace lstm_ext::cuda {                                                                   \
+  template cudaError_t persistent_lstm_forward<T>(const PersistentForward<T>&,                 \
+                                                  const PersistentPlan&, cudaStream_t);        \
+  template cudaError_t persistent_lstm_backward<T>(const PersistentBackward<T>&,               \
+                                                   const PersistentPlan&, cudaStream_t);       \
+  template cudaError_t persistent_lstm_fits<T>(const PersistentPlan&, bool, int, bool*);       \
+  }

@@ -1,0 +1,114 @@
+#include "cuda_binding/lstm_path.h"
+
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/util/Exception.h>
+#include <cuda_runtime_api.h>
+#include <torch/library.h>
+
+#include <cstdlib>
+#include <mutex>
+#include <vector>
+
+#include "cuda_binding/cuda_tensors.h"
+
+namespace lstm_ext::cuda_binding {
+namespace {
+
+struct DeviceLimits {
+  int sms = 0;
+  size_t smem_optin = 0;
+};
+
+DeviceLimits limits_of(int device) {
+  static std::mutex mutex;
+  static std::vector<DeviceLimits> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (cache.size() <= static_cast<size_t>(device)) cache.resize(device + 1);
+  DeviceLimits& l = cache[device];
+  if (l.sms == 0) {
+    int smem = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&l.sms, cudaDevAttrMultiProcessorCount, device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    l.smem_optin = static_cast<size_t>(smem);
+  }
+  return l;
+}
+
+enum class Choice { kAuto, kStandard, kPersistent };
+
+Choice requested_path() {
+  const char* env = std::getenv("LSTM_EXT_CUDA_PATH");
+  const std::string v = env ? env : "";
+  if (v.empty() || v == "auto") return Choice::kAuto;
+  if (v == "standard") return Choice::kStandard;
+  if (v == "persistent") return Choice::kPersistent;
+  TORCH_CHECK(false, "LSTM_EXT_CUDA_PATH: expected auto, standard or persistent, got '", v, "'");
+}
+
+// Whether every block of the plan can be resident at once (cooperative launch).
+bool all_blocks_resident(const cuda::PersistentPlan& plan, at::ScalarType dtype, bool backward,
+                         int device, int sms) {
+  const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
+  bool fits = false;
+  cudaError_t err = cudaSuccess;
+  dispatch_persistent(dtype, "cuda_lstm_path", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    err = cuda::persistent_lstm_fits<T>(plan, backward, sms, &fits);
+  });
+  C10_CUDA_CHECK(err);
+  return fits;
+}
+
+LstmPath standard(const std::string& why) {
+  LstmPath p;
+  p.description = "standard (" + why + ")";
+  return p;
+}
+
+}  // namespace
+
+LstmPath choose_lstm_path(int64_t batch, int64_t hidden, at::ScalarType dtype, bool projected,
+                          bool backward, int device) {
+  const Choice choice = requested_path();
+  const bool forced = choice == Choice::kPersistent;
+  auto refuse = [&](const std::string& why) {
+    TORCH_CHECK(!forced, "LSTM_EXT_CUDA_PATH=persistent: this LSTM cannot run the persistent kernel: ",
+                why, " (batch ", batch, ", hidden ", hidden, ", dtype ", dtype,
+                projected ? ", with proj_size" : "", ")");
+    return standard(why);
+  };
+  if (choice == Choice::kStandard) return standard("LSTM_EXT_CUDA_PATH=standard");
+  if (dtype != at::kFloat && dtype != at::kHalf && dtype != at::kBFloat16) {
+    return refuse("float64 runs the standard path");
+  }
+  if (projected) return refuse("proj_size runs the standard path");
+  if (!forced && batch > kPersistentMaxBatch) {
+    return standard("batch " + std::to_string(batch) + " > " + std::to_string(kPersistentMaxBatch));
+  }
+  const DeviceLimits l = limits_of(device);
+  LstmPath p;
+  p.plan = cuda::plan_persistent(batch, hidden, c10::elementSize(dtype), l.sms, l.smem_optin,
+                                 backward);
+  if (!p.plan.fits) return refuse(p.plan.why_not);
+  if (!all_blocks_resident(p.plan, dtype, backward, device, l.sms)) {
+    return refuse("its blocks cannot all be resident at once on this device");
+  }
+  p.persistent = true;
+  p.description = "persistent (" + std::to_string(p.plan.blocks) + " blocks x " +
+                  std::to_string(p.plan.units) + " units, " + std::to_string(p.plan.tile_rows) +
+                  " rows per tile, " + std::to_string(p.plan.smem_bytes / 1024) +
+                  " KiB shared memory)";
+  return p;
+}
+
+TORCH_LIBRARY_IMPL(lstm_ext, CompositeImplicitAutograd, m) {
+  m.impl("cuda_lstm_path", [](int64_t batch, int64_t hidden, at::ScalarType dtype, bool projected,
+                              bool backward, int64_t device) {
+    const int index = device >= 0 ? static_cast<int>(device) : c10::cuda::current_device();
+    return choose_lstm_path(batch, hidden, dtype, projected, backward, index).description;
+  });
+}
+
+}  // namespace lstm_ext::cuda_binding

@@ -1,0 +1,40 @@
+// Which CUDA path an LSTM layer-direction takes: the standard one (a cuBLAS
+// GEMM and a fused kernel per step) or the persistent kernel (one cooperative
+// launch for the whole sequence, W_hh resident in shared memory).
+//
+// LSTM_EXT_CUDA_PATH chooses: "auto" (default), "standard" or "persistent".
+// auto takes the persistent path when
+//   - the dtype is float32, float16 or bfloat16 (float64: standard),
+//   - there is no projection (proj_size),
+//   - the batch (rows of the widest step) is at most kPersistentMaxBatch, where
+//     the per-step launches and the re-reading of W_hh dominate the standard path,
+//   - and the plan fits this device: the W_hh slice and one row tile per block
+//     in shared memory, all blocks resident at once.
+// "persistent" forces it and raises when the configuration cannot run it.
+// torch.ops.lstm_ext.cuda_lstm_path reports the choice (lstm_ext.cuda_path).
+#pragma once
+
+#include <c10/core/ScalarType.h>
+
+#include <cstdint>
+#include <string>
+
+#include "cuda/persistent.h"
+
+namespace lstm_ext::cuda_binding {
+
+constexpr int64_t kPersistentMaxBatch = 16;
+
+struct LstmPath {
+  bool persistent = false;
+  cuda::PersistentPlan plan;
+  std::string description;  // "persistent (...)" or "standard (why)"
+};
+
+// The path of one forward (backward = false) or backward call on CUDA device
+// `device`. Raises for an invalid LSTM_EXT_CUDA_PATH, or when "persistent" is
+// forced for a configuration that cannot run it.
+LstmPath choose_lstm_path(int64_t batch, int64_t hidden, at::ScalarType dtype, bool projected,
+                          bool backward, int device);
+
+}  // namespace lstm_ext::cuda_binding
