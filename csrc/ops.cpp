@@ -24,7 +24,9 @@
 // the GEMMs read and write the storage dtype with float32 accumulation, as
 // cuDNN does: the input projection, each step's recurrent product and h_t, and
 // the gate gradients that the recurrence and the weight-gradient GEMMs read
-// (so grad_bias is the float32 sum of those rounded gate gradients).
+// (so grad_bias is the float32 sum of those rounded gate gradients). The
+// persistent small-batch kernels keep the recurrent products and the state
+// between steps in float32 (csrc/cuda/persistent.h).
 #include <torch/library.h>
 
 TORCH_LIBRARY(lstm_ext, m) {

@@ -5,6 +5,7 @@ arguments, hold the same parameters and return the same values as their
 torch.nn counterparts.
 """
 from . import ops, rnn_ops
+from .convert import from_torch_nn, register_onnx_refusal, to_torch_nn
 from .ops import cuda_path
 from .modules import (
     LSTM,
@@ -18,6 +19,8 @@ from .modules import (
 
 __version__ = "0.1.0"
 
+register_onnx_refusal()
+
 __all__ = [
     "LSTM",
     "LSTMCell",
@@ -25,6 +28,8 @@ __all__ = [
     "RNNCell",
     "LSTMStates",
     "cuda_path",
+    "from_torch_nn",
+    "to_torch_nn",
     "HiddenStateError",
     "InvalidArgumentError",
     "ops",

@@ -16,6 +16,27 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.bfloat16, torch.float16) else dtype
 
 
+def autocast_dtype(device_type: str) -> Optional[torch.dtype]:
+    """The dtype an enclosing ``torch.autocast`` asks for on ``device_type``, or
+    None outside autocast."""
+    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return None
+
+
+def autocast_inputs(device_type: str, *tensors: Optional[Tensor]) -> tuple:
+    """``tensors`` as torch.autocast would pass them to torch.nn's recurrent
+    kernels: inside autocast, float32 tensors cast (differentiably) to the
+    autocast dtype, the rest as they are; outside it, unchanged. The layers then
+    compute in that dtype with float32 accumulation and a float32 cell state,
+    and return it, as torch.nn does under autocast. (The combined bias is not
+    passed here: it stays float32, the compute dtype of bfloat16 and float16.)"""
+    dtype = autocast_dtype(device_type)
+    if dtype is None:
+        return tensors
+    return tuple(t.to(dtype) if t is not None and t.dtype == torch.float32 else t for t in tensors)
+
+
 def needs_grad(*tensors: Optional[Tensor]) -> bool:
     """Whether autograd will need the activations a forward can save."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)

@@ -105,7 +105,8 @@ def _check_state_like(state: Tensor, name: str, input: Tensor) -> None:
             f"Input and hidden tensors are not at the same device: expected {name} on "
             f"{input.device} (the device of input), got {state.device}"
         )
-    if state.dtype != input.dtype:
+    # Under autocast the layers cast the states with the input (as torch.nn does).
+    if state.dtype != input.dtype and not torch.is_autocast_enabled(input.device.type):
         raise RuntimeError(f"expected {name} of dtype {input.dtype} (the dtype of input), got {state.dtype}")
 
 

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from . import _C  # noqa: F401  (loads the library that registers the ops)
 from ._autograd import (
+    autocast_inputs,
     check_bias_like_x,
     check_compute_like_x,
     check_like_x,
@@ -93,6 +94,7 @@ def lstm_layer(
     also be float32 for a bfloat16 ``x`` (the modules pass ``b_ih + b_hh``
     summed in float32); its gradient then is float32 too.
     """
+    x, w_ih, w_hh, h0, c0, w_hr = autocast_inputs(x.device.type, x, w_ih, w_hh, h0, c0, w_hr)
     save = return_cells or needs_grad(x, w_ih, w_hh, bias, h0, c0, w_hr)
     y, h_n, c_n, _, cells = _forward_op(x, w_ih, w_hh, bias, h0, c0, reverse, save, batch_sizes, w_hr)
     if return_cells:

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from . import _C  # noqa: F401  (loads the library that registers the ops)
 from ._autograd import (
+    autocast_inputs,
     check_bias_like_x,
     check_like_x,
     differentiable_grads,
@@ -59,6 +60,7 @@ def rnn_layer(
     modules pass ``b_ih + b_hh`` summed in float32), and its gradient then is
     float32 too.
     """
+    x, w_ih, w_hh, h0 = autocast_inputs(x.device.type, x, w_ih, w_hh, h0)
     return _forward_op(x, w_ih, w_hh, bias, h0, reverse, relu, batch_sizes)
 
 

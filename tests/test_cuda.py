@@ -241,7 +241,7 @@ def _assert_matches_cudnn(ref, ext, x, hx):
     assert_dicts_close(got[1], want[1], F32_GRAD, "grads")
 
 
-@pytest.mark.parametrize("B,H", [(1, 1), (1, 64), (3, 33), (4, 257), (8, 512), (16, 1024)])
+@pytest.mark.parametrize("B,H", [(1, 1), (1, 64), (3, 33), (4, 257), (8, 512), (16, 768)])
 def test_persistent_matches_cudnn(persistent, B, H):
     """Both directions (bidirectional runs the reverse kernel), hx given, fp32."""
     assert lstm_ext.cuda_path(B, H).startswith("persistent")
@@ -254,6 +254,28 @@ def test_persistent_matches_cudnn(persistent, B, H):
 def test_persistent_one_and_many_steps(persistent, T_steps):
     ref, ext = module_pair(nn.LSTM, lstm_ext.LSTM, 16, 128, num_layers=2, device="cuda")
     _assert_matches_cudnn(ref, ext, _randn(T_steps, 4, 16), _states(torch.float32, 2, 1, 4, 128))
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+def test_persistent_several_row_tiles(persistent, packed):
+    """B=48, H=1024: the staged rows come in several tiles per step, forward and
+    backward (forced: auto keeps B > 16 on the standard path)."""
+    B_big, H_big = 48, 1024
+    ref, ext = module_pair(nn.LSTM, lstm_ext.LSTM, 32, H_big, device="cuda")
+    hx = _states(torch.float32, 1, 1, B_big, H_big)
+    x = _randn(6, B_big, 32)
+    if not packed:
+        _assert_matches_cudnn(ref, ext, x, hx)
+        return
+    lengths = torch.randint(1, 7, (B_big,))
+    lengths[0] = 6
+    packed_x = pack_padded_sequence(x, lengths, enforce_sorted=False)
+    with torch.no_grad():
+        y_ref, (h_ref, c_ref) = ref(packed_x, hx)
+        y, (h, c) = ext(packed_x, hx)
+    torch.testing.assert_close(y.data, y_ref.data, **F32_OUT)
+    torch.testing.assert_close(h, h_ref, **F32_OUT)
+    torch.testing.assert_close(c, c_ref, **F32_OUT)
 
 
 def test_persistent_packed_unsorted_bidirectional(persistent):

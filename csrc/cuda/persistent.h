@@ -19,8 +19,14 @@
 // steps (T*B dense). `offsets` [T+1] (device, int64) are the first rows of
 // each step (StepLayout's offsets), so packed sequences work; step t has
 // offsets[t+1] - offsets[t] rows. Dense input passes offsets = null (step t
-// starts at row t*B), which keeps the launch free of host-to-device copies
-// (CUDA-graph capturable). No projection (proj_size) on this path.
+// starts at row t*B), which keeps the launch free of host-to-device copies,
+// so it can be captured in a CUDA graph; packed input copies its offsets per
+// call, and the binding takes the standard path for it while a capture is
+// under way. No projection (proj_size) on this path.
+//
+// Precision: the recurrent products, h_{t-1} as staged and the dh state are
+// float32 here (the standard path rounds them to the storage dtype between
+// its GEMMs), so float16 / bfloat16 results differ from it within rounding.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -39,6 +45,8 @@ struct PersistentPlan {
   int blocks = 0;           // ceil(H / U) <= the device's multiprocessors
   int tile_rows = 0;        // rows staged per tile
   size_t smem_bytes = 0;    // dynamic shared memory per block
+  size_t smem_limit = 0;    // the device's opt-in limit: the kernels' attribute is set to it
+                            // (always the same value, so concurrent callers cannot race)
   const char* why_not = ""; // when !fits: the reason, for the path report
 };
 
@@ -52,6 +60,7 @@ constexpr int kPersistentThreads = 256;
 inline PersistentPlan plan_persistent(int64_t B, int64_t H, int64_t elem_bytes, int sms,
                                       size_t smem_optin, bool backward) {
   PersistentPlan p;
+  p.smem_limit = smem_optin;
   if (B < 1 || H < 1 || sms < 1) {
     p.why_not = "empty batch or hidden size";
     return p;

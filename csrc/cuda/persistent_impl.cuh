@@ -295,7 +295,7 @@ template <typename Kernel>
 cudaError_t launch_cooperative(Kernel kernel, const PersistentPlan& plan, void** args,
                                cudaStream_t stream) {
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(plan.smem_bytes));
+                                         static_cast<int>(plan.smem_limit));
   if (err != cudaSuccess) return err;
   return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(plan.blocks),
                                      dim3(kPersistentThreads), args, plan.smem_bytes, stream);
@@ -329,7 +329,7 @@ cudaError_t persistent_lstm_fits(const PersistentPlan& plan, bool backward, int 
   const void* kernel = backward ? reinterpret_cast<const void*>(persistent_detail::backward_kernel<T>)
                                 : reinterpret_cast<const void*>(persistent_detail::forward_kernel<T>);
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(plan.smem_bytes));
+                                         static_cast<int>(plan.smem_limit));
   if (err != cudaSuccess) return err;
   int per_sm = 0;
   err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kPersistentThreads,

@@ -84,7 +84,8 @@ std::pair<Tensor, Tensor> standard_forward(const StepLayout& L, const LstmDims& 
 
 // The step offsets for a persistent kernel: none (null) for dense input, else
 // StepLayout's [T+1] offsets on x's device, copied from pinned memory without
-// blocking (so packed input stays capturable in a CUDA graph).
+// blocking (choose_lstm_path keeps packed input off this path during a CUDA
+// graph capture, whose replays would re-read the recycled host buffer).
 Tensor step_offsets(const StepLayout& L, bool packed, const at::Device& device) {
   if (!packed) return Tensor();
   Tensor host = at::empty({L.steps() + 1}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
@@ -156,7 +157,8 @@ Outputs5 lstm_forward_cuda(const Tensor& x_in, const Tensor& w_ih_in, const Tens
   Tensor gates = save ? at::empty({N, G}, copts) : at::empty({0}, copts);
   Tensor cells = save ? at::empty({N, H}, copts) : at::empty({0}, copts);
   const LstmPath path =
-      choose_lstm_path(B, H, x.scalar_type(), d.projected, /*backward=*/false, x.get_device());
+      choose_lstm_path(B, H, x.scalar_type(), d.projected, d.seq.packed, /*backward=*/false,
+                       x.get_device());
   Tensor h_n, c_n;
   if (path.persistent) {
     std::tie(h_n, c_n) =
@@ -322,7 +324,8 @@ Grads7 lstm_backward_cuda(const OptTensor& grad_y_in, const OptTensor& grad_h_n,
 
   Tensor dgates = at::empty({N, G}, opts);
   const LstmPath path =
-      choose_lstm_path(B, H, x.scalar_type(), d.projected, /*backward=*/true, x.get_device());
+      choose_lstm_path(B, H, x.scalar_type(), d.projected, d.seq.packed, /*backward=*/true,
+                       x.get_device());
   const BackwardState st =
       path.persistent ? persistent_backward(path.plan, in, dgates) : standard_backward(in, dgates);
 

@@ -19,6 +19,7 @@ namespace {
 struct DeviceLimits {
   int sms = 0;
   size_t smem_optin = 0;
+  bool cooperative = false;
 };
 
 DeviceLimits limits_of(int device) {
@@ -28,10 +29,12 @@ DeviceLimits limits_of(int device) {
   if (cache.size() <= static_cast<size_t>(device)) cache.resize(device + 1);
   DeviceLimits& l = cache[device];
   if (l.sms == 0) {
-    int smem = 0;
+    int smem = 0, cooperative = 0;
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&l.sms, cudaDevAttrMultiProcessorCount, device));
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device));
     l.smem_optin = static_cast<size_t>(smem);
+    l.cooperative = cooperative != 0;
   }
   return l;
 }
@@ -67,12 +70,21 @@ LstmPath standard(const std::string& why) {
   return p;
 }
 
+bool capturing(int device) {
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  C10_CUDA_CHECK(cudaStreamIsCapturing(
+      c10::cuda::getCurrentCUDAStream(static_cast<c10::DeviceIndex>(device)), &status));
+  return status != cudaStreamCaptureStatusNone;
+}
+
 }  // namespace
 
 LstmPath choose_lstm_path(int64_t batch, int64_t hidden, at::ScalarType dtype, bool projected,
-                          bool backward, int device) {
+                          bool packed, bool backward, int device) {
   const Choice choice = requested_path();
   const bool forced = choice == Choice::kPersistent;
+  if (batch == 0) return standard("empty batch");
+  if (packed && capturing(device)) return standard("packed input during CUDA graph capture");
   auto refuse = [&](const std::string& why) {
     TORCH_CHECK(!forced, "LSTM_EXT_CUDA_PATH=persistent: this LSTM cannot run the persistent kernel: ",
                 why, " (batch ", batch, ", hidden ", hidden, ", dtype ", dtype,
@@ -88,10 +100,16 @@ LstmPath choose_lstm_path(int64_t batch, int64_t hidden, at::ScalarType dtype, b
     return standard("batch " + std::to_string(batch) + " > " + std::to_string(kPersistentMaxBatch));
   }
   const DeviceLimits l = limits_of(device);
+  if (!l.cooperative) return refuse("the device does not support cooperative launches");
   LstmPath p;
   p.plan = cuda::plan_persistent(batch, hidden, c10::elementSize(dtype), l.sms, l.smem_optin,
                                  backward);
   if (!p.plan.fits) return refuse(p.plan.why_not);
+  // Fewer rows per tile than a warp's row group re-reads the W_hh slice per row.
+  const int64_t min_tile = batch < 4 ? batch : 4;
+  if (!forced && p.plan.tile_rows < min_tile) {
+    return standard("only " + std::to_string(p.plan.tile_rows) + " rows per tile fit next to W_hh");
+  }
   if (!all_blocks_resident(p.plan, dtype, backward, device, l.sms)) {
     return refuse("its blocks cannot all be resident at once on this device");
   }
@@ -107,7 +125,8 @@ TORCH_LIBRARY_IMPL(lstm_ext, CompositeImplicitAutograd, m) {
   m.impl("cuda_lstm_path", [](int64_t batch, int64_t hidden, at::ScalarType dtype, bool projected,
                               bool backward, int64_t device) {
     const int index = device >= 0 ? static_cast<int>(device) : c10::cuda::current_device();
-    return choose_lstm_path(batch, hidden, dtype, projected, backward, index).description;
+    return choose_lstm_path(batch, hidden, dtype, projected, /*packed=*/false, backward, index)
+        .description;
   });
 }
 

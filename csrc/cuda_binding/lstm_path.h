@@ -8,9 +8,13 @@
 //   - there is no projection (proj_size),
 //   - the batch (rows of the widest step) is at most kPersistentMaxBatch, where
 //     the per-step launches and the re-reading of W_hh dominate the standard path,
-//   - and the plan fits this device: the W_hh slice and one row tile per block
-//     in shared memory, all blocks resident at once.
-// "persistent" forces it and raises when the configuration cannot run it.
+//   - and the plan fits this device: the W_hh slice and a row tile of at
+//     least min(B, 4) rows per block in shared memory, all blocks resident at
+//     once, cooperative launches supported.
+// "persistent" forces it (a tile of one row suffices) and raises when the
+// configuration cannot run it. Either way an empty batch, and packed input
+// while the current stream is capturing a CUDA graph (its per-call offsets
+// copy cannot be replayed), take the standard path.
 // torch.ops.lstm_ext.cuda_lstm_path reports the choice (lstm_ext.cuda_path).
 #pragma once
 
@@ -35,6 +39,6 @@ struct LstmPath {
 // `device`. Raises for an invalid LSTM_EXT_CUDA_PATH, or when "persistent" is
 // forced for a configuration that cannot run it.
 LstmPath choose_lstm_path(int64_t batch, int64_t hidden, at::ScalarType dtype, bool projected,
-                          bool backward, int device);
+                          bool packed, bool backward, int device);
 
 }  // namespace lstm_ext::cuda_binding
