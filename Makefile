@@ -8,19 +8,23 @@
 #   make install     pip install --no-build-isolation -e . (into $(PYTHON)'s env)
 #   make cuda-check  nvcc-compile csrc/cuda/*.cu for sm_80/sm_90 (no torch needed)
 #   make cmake       configure and build the C++ library with CMake (build/cmake)
+#   make sanitize    build with ASan+UBSan out of tree (build/sanitize) and run a
+#                    test subset under them (scripts/sanitize_check.sh; own
+#                    pytest args: make sanitize SANITIZE_ARGS="tests/test_ops.py")
 #   make clean       remove build outputs
 #
-# Variables: PYTHON (default python3), MAX_JOBS, BENCH_ARGS, and the build
-# options read by setup.py: USE_CUDA, LSTM_EXT_CPU_ISA, LSTM_EXT_SANITIZE.
+# Variables: PYTHON (default python3), MAX_JOBS, BENCH_ARGS, SANITIZE_ARGS, and
+# the build options read by setup.py: USE_CUDA, LSTM_EXT_CPU_ISA, LSTM_EXT_SANITIZE.
 
 PYTHON ?= python3
 BENCH_ARGS ?=
+SANITIZE_ARGS ?=
 export PYTHON
 
-.PHONY: help test bench build install cuda-check cmake clean
+.PHONY: help test bench build install cuda-check cmake sanitize clean
 
 help:
-	@sed -n '3,15p' Makefile
+	@sed -n '3,18p' Makefile
 
 test:
 	bash scripts/bootstrap.sh test
@@ -47,6 +51,9 @@ cuda-check:
 cmake:
 	cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release
 	cmake --build build/cmake -j $${MAX_JOBS:-$$(nproc)}
+
+sanitize:
+	bash scripts/sanitize_check.sh $(SANITIZE_ARGS)
 
 clean:
 	rm -rf build dist *.egg-info lstm_ext/_C*.so
