@@ -12,8 +12,9 @@
 #    -fsanitize=..., -fno-omit-frame-pointer, -g) into $SANITIZE_BUILD_DIR
 #    (default build/sanitize): objects in tmp/, the .so in lib/. Never the
 #    in-place lstm_ext/_C*.so (no --inplace). The ninja tree persists, so a
-#    second run only recompiles what changed (cold: all of csrc/, several
-#    minutes; warm, nothing changed: a relink, seconds).
+#    second run only recompiles what changed (cold: all of csrc/, about 12
+#    minutes with MAX_JOBS=2, mostly the three fused-kernel files; nothing
+#    changed: a relink, seconds).
 # 2. Package dir pkg/lstm_ext: symlinks to lstm_ext/*.py (the checkout's Python
 #    code) and to the sanitized .so; put first on sys.path, so tests/conftest.py
 #    leaves it alone. A small pytest plugin (written to plugin/) refuses to run
@@ -32,11 +33,12 @@
 #      while the interpreter is alive: what it reports is unreachable memory;
 #    - UBSan recovers (halt_on_error=0) so one run lists every distinct
 #      runtime error; ASan stops at its first error (exitcode=99).
-#    All sanitizer output goes to the process's stderr (pytest --capture=sys,
-#    so C-level writes are not swallowed by pytest's fd capture), into
-#    logs/sanitizer.log, with a marker naming each test as it starts. (Not
-#    log_path: libasan and libubsan each open that file and overwrite each
-#    other's reports.)
+#    All sanitizer output goes to the process's stderr, into logs/sanitizer.log,
+#    with a marker naming each test as it starts. pytest runs with
+#    --capture=no: its fd capture would swallow the reports of passing tests,
+#    and --capture=sys leaves a sys.stderr without fileno() (faulthandler in
+#    test_fuzz.py needs one). Not log_path either: libasan and libubsan each
+#    open that file and overwrite each other's reports.
 # 4. The report is read back. A finding is: any UBSan "runtime error"; any
 #    AddressSanitizer error or sanitizer CHECK failure; a leak whose allocation
 #    stack has a frame in lstm_ext (csrc/ or the _C .so). Leaks wholly inside
@@ -48,8 +50,9 @@
 #    "unattributed"; SANITIZE_FULL_STACKS=1 (fast_unwind_on_malloc=0, about 4x
 #    slower) gives full stacks, and then only the lstm_ext rule applies.
 #
-# Default subset (about 560 tests; on the full suite's C++ line coverage it
-# misses nothing, measured per translation unit with a --coverage build):
+# Default subset (about 650 tests, ~550 run, the CUDA variants skip; 2-3.5
+# minutes on 2 cores; of the C++ lines the full suite executes, per
+# translation unit, it misses none, measured with a --coverage build):
 # test_cpu_kernels.py (every fused kernel, incl. avx512bf16, and the reference
 # loops, forced one by one via LSTM_EXT_CPU_KERNEL: LSTM/RNN forward and
 # backward, packed, projections, bidirectional, 1 vs 2 threads, NaN/inf, bf16
@@ -57,7 +60,9 @@
 # test_errors.py, test_ops.py and test_rnn_ops.py without the opcheck grid and
 # the slow gradgradcheck grid (C++ argument checks, zero batch/steps, f64,
 # non-contiguous, backward ops, composite double backward), a few bf16 cases
-# (float32 bias, double backward) and the concurrent-caller tests.
+# (float32 bias, double backward), the concurrent-caller tests, and
+# test_fuzz.py (Hypothesis: random shapes incl. empty batches, strides,
+# malformed input; derandomized).
 #
 # Environment:
 #   PYTHON               interpreter (default python3); its real executable is
@@ -91,6 +96,7 @@ DEFAULT_TESTS=(
   tests/test_bf16.py::test_rnn_packed
   tests/test_reliability.py::test_concurrent_threads_share_one_module
   tests/test_reliability.py::test_concurrent_rnn_and_lstm_calls
+  tests/test_fuzz.py
   -k "not opcheck and not gradgradcheck_lstm_layer"
 )
 
@@ -221,7 +227,7 @@ env -u LSTM_EXT_CPU_KERNEL \
   ASAN_OPTIONS="$ASAN_OPTS${ASAN_OPTIONS:+:$ASAN_OPTIONS}" \
   UBSAN_OPTIONS="$UBSAN_OPTS${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}" \
   LD_PRELOAD="$PRELOAD${LD_PRELOAD:+ $LD_PRELOAD}" \
-  "$PY" -m pytest -p lstm_ext_sanitize_plugin -p no:cacheprovider --capture=sys -q -rfE \
+  "$PY" -m pytest -p lstm_ext_sanitize_plugin -p no:cacheprovider --capture=no -q -rfE \
     "${TEST_ARGS[@]}" 2>"$LOGS/sanitizer.log" | tee "$LOGS/pytest.log"
 PYTEST_RC=${PIPESTATUS[0]}
 set -e

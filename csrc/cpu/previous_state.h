@@ -24,15 +24,20 @@ namespace lstm_ext::cpu {
 template <typename scalar_t>
 void gather_previous_state(const StepLayout& layout, bool reverse, int64_t F, const scalar_t* y,
                            const scalar_t* h0, scalar_t* h_prev) {
+  // Empty tensors may have null data pointers, and memcpy from or to null is
+  // undefined even for 0 bytes (UBSan found it with B = 0): copy only rows.
+  if (layout.total_rows() == 0 || F == 0) return;
   for (int64_t t = 0; t < layout.steps(); ++t) {
     const int64_t continuing = layout.rows_continuing(t, reverse);
+    const int64_t starting = layout.rows(t) - continuing;
     scalar_t* out = h_prev + layout.offset(t) * F;
     if (continuing > 0) {
       const int64_t p = layout.previous(t, reverse);
       std::memcpy(out, y + layout.offset(p) * F, sizeof(scalar_t) * continuing * F);
     }
-    std::memcpy(out + continuing * F, h0 + continuing * F,
-                sizeof(scalar_t) * (layout.rows(t) - continuing) * F);
+    if (starting > 0) {
+      std::memcpy(out + continuing * F, h0 + continuing * F, sizeof(scalar_t) * starting * F);
+    }
   }
 }
 
