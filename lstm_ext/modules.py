@@ -23,16 +23,23 @@ from ._autograd import combine_biases
 from .ops import SUPPORTED_DEVICE_TYPES, lstm_layer
 from .rnn_ops import rnn_layer
 
-__all__ = ["LSTM", "LSTMCell", "RNN", "RNNCell", "LSTMStates", "HiddenStateError", "InvalidArgumentError"]
+__all__ = ["LSTM", "LSTMCell", "RNN", "RNNCell", "LSTMStates", "HiddenStateError", "InputTypeError",
+           "InvalidArgumentError"]
 
 
-class HiddenStateError(TypeError, RuntimeError, IndexError, AttributeError):
-    """``hx`` does not have the structure the module takes.
+class HiddenStateError(TypeError, RuntimeError, IndexError, AttributeError, ValueError):
+    """``hx`` does not have the structure or rank the module takes.
 
-    For such inputs torch.nn raises TypeError, RuntimeError, IndexError or
-    AttributeError, depending on how the bad value fails deep inside it; this
-    is all four, so code written against torch.nn keeps catching it.
+    For such inputs torch.nn raises TypeError, RuntimeError, IndexError,
+    AttributeError or (the cells, for a wrong rank) ValueError, depending on
+    how the bad value fails deep inside it; this is all five, so code written
+    against torch.nn keeps catching it.
     """
+
+
+class InputTypeError(TypeError, AttributeError):
+    """The input is not a tensor (or PackedSequence). torch.nn fails on it with
+    AttributeError ('... has no attribute dim'); this is that and TypeError."""
 
 
 class InvalidArgumentError(ValueError, RuntimeError):
@@ -273,7 +280,7 @@ class _RecurrentBase(nn.Module):
             self._check_features(x, module, dtype_error=RuntimeError)
             return _Sequence(x, batch_sizes, sorted_indices, unsorted_indices, True, int(batch_sizes[0]))
         if not isinstance(input, Tensor):
-            raise TypeError(f"{module}: expected input to be a Tensor or PackedSequence, got {type(input).__name__}")
+            raise InputTypeError(f"{module}: expected input to be a Tensor or PackedSequence, got {type(input).__name__}")
         if input.dim() not in (2, 3):
             raise ValueError(f"{module}: Expected input to be 2D or 3D, got {input.dim()}D instead")
         self._check_features(input, module)
@@ -508,7 +515,7 @@ class _CellBase(nn.Module):
         """-> (input [1, B, I], states ([B, H], ...), batched)."""
         module = type(self).__name__
         if not isinstance(input, Tensor):
-            raise TypeError(f"{module}: expected input to be a Tensor, got {type(input).__name__}")
+            raise InputTypeError(f"{module}: expected input to be a Tensor, got {type(input).__name__}")
         if input.dim() not in (1, 2):
             raise ValueError(f"{module}: Expected input to be 1D or 2D, got {input.dim()}D instead")
         if input.size(-1) != self.input_size:
@@ -527,7 +534,7 @@ class _CellBase(nn.Module):
         rank = 2 if batched else 1
         if any(s.dim() != rank for s in states):
             dims = ", ".join(f"{s.dim()}D" for s in states)
-            raise RuntimeError(f"{module}: Expected hidden states to be {rank}D for {rank}D input, got ({dims})")
+            raise HiddenStateError(f"{module}: Expected hidden states to be {rank}D for {rank}D input, got ({dims})")
         if not batched:
             states = tuple(s.unsqueeze(0) for s in states)
         for index, state in enumerate(states):

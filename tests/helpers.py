@@ -4,6 +4,8 @@ import re
 import pytest
 import torch
 
+from torch.utils._python_dispatch import TorchDispatchMode
+
 from lstm_ext.ops import SUPPORTED_DEVICE_TYPES
 
 HAS_CUDA = torch.cuda.is_available()
@@ -196,3 +198,19 @@ def assert_dicts_close(got, exp, tol, label):
     for k in got:
         assert got[k].shape == exp[k].shape, (label, k, got[k].shape, exp[k].shape)
         assert_close(got[k], exp[k], f"{label} {k}", **tol)
+
+
+class OpRecorder(TorchDispatchMode):
+    """Records every dispatched op, to show that an error came before any
+    lstm_ext kernel ran."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(func)
+        return func(*args, **(kwargs or {}))
+
+    def lstm_ext_ops(self):
+        return [str(f) for f in self.ops if getattr(f, "namespace", None) == "lstm_ext"]

@@ -9,24 +9,10 @@ that no lstm_ext kernel ran before the error.
 import pytest
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import lstm_ext
-from helpers import assert_message, copy_params, dtype_re, needs_cuda, num_re, shape_re
+from helpers import OpRecorder, assert_message, copy_params, dtype_re, needs_cuda, num_re, shape_re
 from lstm_ext.ops import SUPPORTED_DEVICE_TYPES
-
-
-class _OpRecorder(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(func)
-        return func(*args, **(kwargs or {}))
-
-    def lstm_ext_ops(self):
-        return [str(f) for f in self.ops if getattr(f, "namespace", None) == "lstm_ext"]
 
 
 def expect_same_error(ref_call, ext_call, *patterns):
@@ -35,7 +21,7 @@ def expect_same_error(ref_call, ext_call, *patterns):
     with pytest.raises(Exception) as ref_info:
         ref_call()
     ref_type = type(ref_info.value)
-    rec = _OpRecorder()
+    rec = OpRecorder()
     with pytest.raises(ref_type) as info:
         with rec:
             ext_call()
@@ -57,7 +43,7 @@ def test_recorder_sees_lstm_ext_kernels(pair):
     """Positive control: on valid input the recorder does see the lstm_ext ops,
     so an empty record in the tests below is meaningful."""
     _, ext = pair
-    rec = _OpRecorder()
+    rec = OpRecorder()
     with rec:
         ext(torch.randn(T, B, I))
     assert rec.lstm_ext_ops(), [str(f) for f in rec.ops]

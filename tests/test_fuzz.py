@@ -166,16 +166,13 @@ def pair(kind, *args, **kwargs):
     return ref, ext
 
 
-@known_bug("input-not-a-tensor")
 @pytest.mark.parametrize("kind", KINDS)
-def test_known_bug_input_not_a_tensor(kind):
+def test_input_not_a_tensor(kind):
     # torch.nn: AttributeError: 'NoneType' object has no attribute 'dim'
-    # lstm_ext: TypeError: LSTM: expected input to be a Tensor or PackedSequence, got NoneType
     ref, ext = pair(kind, 3, 4)
     assert_same_error(lambda: ref(None), lambda: ext(None))
 
 
-@known_bug("cell-hx-rank")
 @pytest.mark.parametrize("kind,x,hx", [
     # torch.nn: ValueError: LSTMCell: Expected hx[0] to be 1D or 2D, got 3D instead
     ("LSTMCell", (2, 3), [(1, 2, 4), (1, 2, 4)]),
@@ -184,12 +181,12 @@ def test_known_bug_input_not_a_tensor(kind):
     # torch.nn: IndexError: Dimension out of range (expected to be in range of [-1, 0], but got 1)
     ("RNNCell", (2, 3), [(2,)]),
 ], ids=["LSTMCell-3d-hx", "RNNCell-3d-hx", "RNNCell-1d-hx-2d-input"])
-def test_known_bug_cell_hx_rank(kind, x, hx):
+def test_cell_hx_rank(kind, x, hx):
     ref, ext = pair(kind, 3, 4)
     x = torch.randn(x)
     hx = tuple(torch.zeros(s) for s in hx)
     hx = hx if kind == "LSTMCell" else hx[0]
-    assert_same_error(lambda: ref(x, hx), lambda: ext(x, hx))  # lstm_ext: RuntimeError
+    assert_same_error(lambda: ref(x, hx), lambda: ext(x, hx))
 
 
 @known_bug("check-order")
@@ -211,21 +208,18 @@ def test_known_bug_check_order(kind, x, hx):
     assert_same_error(lambda: ref(*args), lambda: ext(*args))
 
 
-@known_bug("lstmcell-hx-tensor")
-def test_known_bug_lstmcell_unbatched_hx_tensor():
+def test_lstmcell_unbatched_hx_tensor():
     # torch.nn: ValueError: LSTMCell: Expected hx[0] to be 1D or 2D, got 0D instead
-    # lstm_ext: HiddenStateError (TypeError, RuntimeError, IndexError, AttributeError; not ValueError)
     ref, ext = pair("LSTMCell", 3, 4)
     x, hx = torch.randn(3), torch.zeros(4)
     assert_same_error(lambda: ref(x, hx), lambda: ext(x, hx))
 
 
-@known_bug("f32-no-saturation")
 @pytest.mark.parametrize("value", [1e30, float("inf")], ids=["1e30", "inf"])
-def test_known_bug_saturated_tanh_gradient_f32(value):
-    # h = tanh(w * x), w = 1, x = 1e30: torch.nn h = 1, dh/dw = x * (1 - h**2) = 0;
-    # lstm_ext (float32 fused kernels) h = 0.99999976, dh/dw = 1e30 * 4.8e-7 = 4.8e23
-    # (x = inf: torch.nn nan, lstm_ext inf).  LSTM_EXT_CPU_KERNEL=reference agrees with torch.nn.
+def test_saturated_tanh_passes_no_gradient_f32(value):
+    # h = tanh(w * x), w = 1, x = 1e30: torch.nn h = 1, dh/dw = x * (1 - h**2) = 0
+    # (x = inf: nan). The fused kernels' tanh must saturate to exactly 1 too
+    # (an approximation ending at 1 - 2**-22 once gave dh/dw = 4.8e23 here).
     ref, ext = pair("RNN", 1, 1, bias=False)
     grads = []
     for m in (ref, ext):
@@ -237,11 +231,10 @@ def test_known_bug_saturated_tanh_gradient_f32(value):
     torch.testing.assert_close(grads[1], grads[0], equal_nan=True, **F32_GRAD)
 
 
-@known_bug("f32-no-saturation")
-def test_known_bug_sigmoid_of_minus_inf_f32():
-    # Output gate o = sigmoid(-inf): torch.nn h_1 = 0 exactly, lstm_ext (float32 fused
-    # kernels) 3.06e-39; harmless alone, but it turns 0 * inf = nan into finite values
-    # downstream (e.g. with weight_hr = -inf).  LSTM_EXT_CPU_KERNEL=reference gives 0.
+def test_sigmoid_of_minus_inf_is_zero_f32():
+    # Output gate o = sigmoid(-inf): torch.nn h_1 = 0 exactly, and so must the fused
+    # kernels be (a denormal such as 3e-39 would turn 0 * inf = nan downstream, e.g.
+    # with weight_hr = -inf, into finite values).
     ref, ext = pair("LSTM", 1, 1, bias=False)
     outs = []
     for m in (ref, ext):

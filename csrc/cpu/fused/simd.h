@@ -42,8 +42,10 @@ constexpr float kTanhP[7] = {-2.76076847742355e-16f, 2.00018790482477e-13f,
                              4.89352455891786e-03f};
 constexpr float kTanhQ[4] = {1.19825839466702e-06f, 1.18534705686654e-04f,
                              2.26843463243900e-03f, 4.89352518554385e-03f};
-// Beyond it tanh rounds to +-1 in float.
+// Beyond it the rational form saturates (at 1 - 2^-22).
 constexpr float kTanhClamp = 7.90531110763549805f;
+// From here on tanh(x) rounds to +-1 in float (1 - tanh(9) = 3e-8).
+constexpr float kTanhOne = 9.f;
 // exp's argument range: exp stays finite (so 1 / (1 + exp) never meets inf),
 // and sigmoid saturates to 0 / 1 below / above it anyway.
 constexpr float kExpMin = -88.f, kExpMax = 88.f;
@@ -53,10 +55,20 @@ constexpr float kExpMin = -88.f, kExpMax = 88.f;
 template <class S>
 struct Activations {
   using R = typename S::Reg;
+  // Below exp's range sigmoid is exactly 0 (not 1 / (1 + exp(88)), a denormal),
+  // so a saturated gate passes no gradient, as torch's sigmoid(-inf) = 0.
   static LSTM_EXT_INLINE R sigmoid(R x) {
-    return S::recip(S::add(S::set1(1.f), S::exp(S::sub(S::zero(), x))));
+    const R s = S::recip(S::add(S::set1(1.f), S::exp(S::sub(S::zero(), x))));
+    return S::select_le(x, S::set1(coef::kExpMin), S::zero(), s);
   }
+  // Exactly +-1 from kTanhOne on (where float tanh rounds to +-1), so that
+  // 1 - tanh^2 is 0 for saturated units; NaN stays NaN.
   static LSTM_EXT_INLINE R tanh(R x) {
+    R t = rational_tanh(x);
+    t = S::select_le(S::set1(coef::kTanhOne), x, S::set1(1.f), t);
+    return S::select_le(x, S::set1(-coef::kTanhOne), S::set1(-1.f), t);
+  }
+  static LSTM_EXT_INLINE R rational_tanh(R x) {
     x = S::max(S::set1(-coef::kTanhClamp), S::min(S::set1(coef::kTanhClamp), x));
     const R z = S::mul(x, x);
     R p = S::set1(coef::kTanhP[0]);
