@@ -3,7 +3,8 @@
 #   make bench       set up, build, benchmark lstm_ext.LSTM vs torch.nn.LSTM
 #                    (extra flags: make bench BENCH_ARGS="--quick")
 #   make test        set up, build, nvcc compile check (if nvcc is on PATH),
-#                    run the test suite
+#                    run the test suite, then the sanitizer subset (ASan+UBSan,
+#                    out of tree; skipped with SANITIZE=0 or without libasan)
 #   make build       set up the build tools and build lstm_ext/_C*.so in place
 #   make install     pip install --no-build-isolation -e . (into $(PYTHON)'s env)
 #   make cuda-check  nvcc-compile csrc/cuda/*.cu for sm_80/sm_90 (no torch needed)
@@ -13,18 +14,20 @@
 #                    pytest args: make sanitize SANITIZE_ARGS="tests/test_ops.py")
 #   make clean       remove build outputs
 #
-# Variables: PYTHON (default python3), MAX_JOBS, BENCH_ARGS, SANITIZE_ARGS, and
+# Variables: PYTHON (default python3), MAX_JOBS, BENCH_ARGS, SANITIZE (0: make test
+# skips the sanitizer run), SANITIZE_ARGS, and
 # the build options read by setup.py: USE_CUDA, LSTM_EXT_CPU_ISA, LSTM_EXT_SANITIZE.
 
 PYTHON ?= python3
 BENCH_ARGS ?=
 SANITIZE_ARGS ?=
+SANITIZE ?= 1
 export PYTHON
 
 .PHONY: help test bench build install cuda-check cmake sanitize clean
 
 help:
-	@sed -n '3,18p' Makefile
+	@sed -n '3,19p' Makefile
 
 test:
 	bash scripts/bootstrap.sh test
@@ -34,6 +37,11 @@ test:
 	  echo "[cuda-check] nvcc not on PATH: skipped"; \
 	fi
 	$(PYTHON) -m pytest -q tests
+	@if [ "$(SANITIZE)" = 0 ]; then \
+	  echo "[sanitize] SANITIZE=0: skipped"; \
+	else \
+	  SANITIZE_IF_AVAILABLE=1 bash scripts/sanitize_check.sh; \
+	fi
 
 bench:
 	bash scripts/bootstrap.sh bench

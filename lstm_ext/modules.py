@@ -274,16 +274,16 @@ class _RecurrentBase(nn.Module):
         return {name.split("_l")[0]: getattr(self, name) for name in names}
 
     def _prepare_input(self, input) -> _Sequence:
+        """The input's type and rank, and its time-major view; the rest of its
+        checks come after hx's structure, in torch.nn's order (_check_input)."""
         module = type(self).__name__
         if isinstance(input, PackedSequence):
             x, batch_sizes, sorted_indices, unsorted_indices = input
-            self._check_features(x, module, dtype_error=RuntimeError)
             return _Sequence(x, batch_sizes, sorted_indices, unsorted_indices, True, int(batch_sizes[0]))
         if not isinstance(input, Tensor):
             raise InputTypeError(f"{module}: expected input to be a Tensor or PackedSequence, got {type(input).__name__}")
         if input.dim() not in (2, 3):
             raise ValueError(f"{module}: Expected input to be 2D or 3D, got {input.dim()}D instead")
-        self._check_features(input, module)
         batched = input.dim() == 3
         if not batched:
             x = input.unsqueeze(1)
@@ -291,30 +291,35 @@ class _RecurrentBase(nn.Module):
             x = input.transpose(0, 1)
         else:
             x = input
-        if x.size(0) == 0:
-            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         return _Sequence(x, None, None, None, batched, x.size(1))
 
-    def _check_features(self, x: Tensor, module: str, dtype_error: type = ValueError) -> None:
-        """torch.nn raises ValueError for a dtype mismatch of a tensor input and
-        RuntimeError for one of a PackedSequence."""
+    def _check_input(self, seq: _Sequence) -> None:
+        """dtype before feature size, as torch.nn: ValueError for a dtype mismatch
+        of a tensor input, RuntimeError for one of a PackedSequence."""
+        x = seq.x
+        weight = self.weight_ih_l0
+        _check_input_dtype(x, weight, RuntimeError if seq.batch_sizes is not None else ValueError)
         if x.size(-1) != self.input_size:
             raise RuntimeError(
                 f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.size(-1)}"
             )
-        weight = self.weight_ih_l0
-        _check_input_dtype(x, weight, dtype_error)
-        _check_device_supported(x, module)
-        _check_same_device(x, weight)
 
-    def _initial_states(self, seq: _Sequence, hx) -> Tuple[Tensor, ...]:
-        """The initial states as [L*D, B, size] tensors, rows in the ops' order."""
-        num_states = self.num_layers * self._num_directions
-        sizes = self._state_sizes()
-        x = seq.x
+    def _check_placement(self, seq: _Sequence) -> None:
+        """What torch.nn leaves to its kernels: device, an empty sequence."""
+        module = type(self).__name__
+        _check_device_supported(seq.x, module)
+        _check_same_device(seq.x, self.weight_ih_l0)
+        if seq.batch_sizes is None and seq.x.size(0) == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+
+    def _given_states(self, seq: _Sequence, hx) -> Optional[Tuple[Tensor, ...]]:
+        """hx's structure and rank (torch.nn checks them before the input's dtype
+        and size), as [L*D, B, size] tensors; None when hx is None."""
         if hx is None:
-            return tuple(torch.zeros(num_states, seq.batch, size, dtype=x.dtype, device=x.device) for size in sizes)
-        states = _state_tensors(hx, len(sizes), type(self).__name__)
+            return None
+        states = _state_tensors(hx, len(self._state_sizes()), type(self).__name__)
+        if seq.batch_sizes is not None:
+            return states
         rank = 3 if seq.batched else 2
         if any(s.dim() != rank for s in states):
             kind = "batched 3-D" if seq.batched else "unbatched 2-D"
@@ -323,6 +328,15 @@ class _RecurrentBase(nn.Module):
             raise RuntimeError(f"For {kind} input, {what} should also be {rank}-D but got ({dims}) tensors")
         if not seq.batched:
             states = tuple(s.unsqueeze(1) for s in states)
+        return states
+
+    def _initial_states(self, seq: _Sequence, states: Optional[Tuple[Tensor, ...]]) -> Tuple[Tensor, ...]:
+        """The initial states as [L*D, B, size] tensors, rows in the ops' order."""
+        num_states = self.num_layers * self._num_directions
+        sizes = self._state_sizes()
+        x = seq.x
+        if states is None:
+            return tuple(torch.zeros(num_states, seq.batch, size, dtype=x.dtype, device=x.device) for size in sizes)
         for index, (name, state, size) in enumerate(zip(self._state_names, states, sizes)):
             expected = (num_states, seq.batch, size)
             if tuple(state.shape) != expected:
@@ -330,7 +344,11 @@ class _RecurrentBase(nn.Module):
                 got = list(state.shape) if seq.batched else [state.shape[0], state.shape[2]]
                 label = f"hidden[{index}] ({name})" if len(sizes) > 1 else "hidden"
                 raise RuntimeError(f"Expected {label} size {shown}, got {got}")
-            _check_state_like(state, name, x)
+        return states
+
+    def _check_states_placement(self, seq: _Sequence, states: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
+        for name, state in zip(self._state_names, states):
+            _check_state_like(state, name, seq.x)
         if seq.sorted_indices is not None:
             states = tuple(s.index_select(1, seq.sorted_indices) for s in states)
         return states
@@ -351,8 +369,13 @@ class _RecurrentBase(nn.Module):
         return output, finals, all_states
 
     def _run(self, input, hx, return_all_states: bool):
+        # torch.nn's order, so that input with two things wrong raises what torch.nn raises.
         seq = self._prepare_input(input)
-        states = self._initial_states(seq, hx)
+        given = self._given_states(seq, hx)
+        self._check_input(seq)
+        states = self._initial_states(seq, given)
+        self._check_placement(seq)
+        states = self._check_states_placement(seq, states)
         num_directions = self._num_directions
         finals: List[List[Tensor]] = [[] for _ in states]
         every_h: List[Tensor] = []
@@ -518,24 +541,21 @@ class _CellBase(nn.Module):
             raise InputTypeError(f"{module}: expected input to be a Tensor, got {type(input).__name__}")
         if input.dim() not in (1, 2):
             raise ValueError(f"{module}: Expected input to be 1D or 2D, got {input.dim()}D instead")
+        # torch.nn's order: hx's structure and rank, then sizes, then dtype and device.
+        states = None if hx is None else _state_tensors(hx, self._num_states, module)
+        rank = 2 if input.dim() == 2 else 1
+        if states is not None and any(s.dim() != rank for s in states):
+            dims = ", ".join(f"{s.dim()}D" for s in states)
+            raise HiddenStateError(f"{module}: Expected hidden states to be {rank}D for {rank}D input, got ({dims})")
         if input.size(-1) != self.input_size:
             raise RuntimeError(f"input has inconsistent input_size: got {input.size(-1)} expected {self.input_size}")
-        _check_input_dtype(input, self.weight_ih, RuntimeError)
-        _check_device_supported(input, module)
-        _check_same_device(input, self.weight_ih)
         batched = input.dim() == 2
         if not batched:
             input = input.unsqueeze(0)
         batch = input.size(0)
-        if hx is None:
-            zeros = torch.zeros(batch, self.hidden_size, dtype=input.dtype, device=input.device)
-            return input.unsqueeze(0), (zeros,) * self._num_states, batched
-        states = _state_tensors(hx, self._num_states, module)
-        rank = 2 if batched else 1
-        if any(s.dim() != rank for s in states):
-            dims = ", ".join(f"{s.dim()}D" for s in states)
-            raise HiddenStateError(f"{module}: Expected hidden states to be {rank}D for {rank}D input, got ({dims})")
-        if not batched:
+        if states is None:
+            states = (torch.zeros(batch, self.hidden_size, dtype=input.dtype, device=input.device),) * self._num_states
+        elif not batched:
             states = tuple(s.unsqueeze(0) for s in states)
         for index, state in enumerate(states):
             if state.size(0) != batch:
@@ -544,7 +564,12 @@ class _CellBase(nn.Module):
                 raise RuntimeError(
                     f"hidden{index} has inconsistent hidden_size: got {state.size(1)}, expected {self.hidden_size}"
                 )
-            _check_state_like(state, f"hx[{index}]" if self._num_states > 1 else "hx", input)
+        _check_input_dtype(input, self.weight_ih, RuntimeError)
+        _check_device_supported(input, module)
+        _check_same_device(input, self.weight_ih)
+        if hx is not None:
+            for index, state in enumerate(states):
+                _check_state_like(state, f"hx[{index}]" if self._num_states > 1 else "hx", input)
         return input.unsqueeze(0), states, batched
 
 

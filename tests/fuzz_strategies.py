@@ -20,7 +20,6 @@ import contextlib
 import copy
 import dataclasses
 import math
-import os
 from typing import Optional, Tuple
 
 import numpy as np
@@ -597,46 +596,11 @@ def _compare(got, exp, tol, label, finite_only=False):
 # ------------------------------------------------------------------ what is tolerated
 #
 # Everything below is a named, narrow exception to "same exception type or same
-# result as torch.nn"; anything else fails.  LSTM_EXT_FUZZ_STRICT=1 turns off the
-# KNOWN_BUGS allowances (to see the fuzzer fail on them).
-
-STRICT = os.environ.get("LSTM_EXT_FUZZ_STRICT", "") not in ("", "0")
-
-#: lstm_ext bugs found by this fuzzer, reported and not fixed yet.  Each one
-#: has a strict-xfail regression test in test_fuzz.py (TestKnownBugs) that fails
-#: as soon as the bug is fixed: then delete its entry here.
-KNOWN_BUGS = {
-    "check-order": "two errors at once: lstm_ext checks the input (feature size before dtype, device, "
-                   "empty sequence) before hx, torch.nn checks hx's structure and rank first and the "
-                   "input's dtype before its feature size, so the exception types differ",
-}
+# result as torch.nn"; anything else fails.
 
 
 def _tensors_of(obj):
     return [t for t in _flatten(obj) if isinstance(t, torch.Tensor)]
-
-
-def _edit_raises_alone(case: FuzzCase, edit):
-    """lstm_ext's exception type for ``edit`` alone (None: it returned)."""
-    _, ext, args = materialize(dataclasses.replace(case, edits=(edit,)))
-    _, ext_exc = _call(lambda: ext(*args))
-    return type(ext_exc) if ext_exc is not None else None
-
-
-def known_bug(case: FuzzCase, args, ref_exc, ext_exc) -> Optional[str]:
-    """The KNOWN_BUGS entry that explains why lstm_ext raised ``type(ext_exc)``
-    where torch.nn raised ``type(ref_exc)``, or None."""
-    if STRICT:
-        return None
-    if len(case.edits) >= 2:
-        # Each edit alone must behave (it is a case of its own, checked in full);
-        # together, lstm_ext may report a different one of the errors first.
-        for edit in case.edits:
-            check_fuzz_case(dataclasses.replace(case, edits=(edit,)))
-        alone = [_edit_raises_alone(case, edit) for edit in case.edits]
-        if any(ext_t is not None and isinstance(ext_exc, ext_t) for ext_t in alone):
-            return "check-order"
-    return None
 
 
 def torch_nn_accepts_bad_input(case: FuzzCase, args, ext_exc) -> Optional[str]:
@@ -733,15 +697,11 @@ def check_fuzz_case(case: FuzzCase) -> str:
         assert ext_exc is not None, (
             f"torch.nn raised {type(ref_exc).__name__}: {ref_exc}; lstm_ext returned {_structure(ext_res)}")
         assert str(ext_exc).strip(), f"lstm_ext raised {type(ext_exc).__name__} with no message"
-        label = "raised"
-        if not isinstance(ext_exc, type(ref_exc)):
-            bug = known_bug(case, args, ref_exc, ext_exc)
-            assert bug is not None, (
-                f"torch.nn raised {type(ref_exc).__name__}: {ref_exc}\n"
-                f"lstm_ext raised {type(ext_exc).__name__}: {ext_exc}")
-            label = f"raised, known bug {bug}"
+        assert isinstance(ext_exc, type(ref_exc)), (
+            f"torch.nn raised {type(ref_exc).__name__}: {ref_exc}\n"
+            f"lstm_ext raised {type(ext_exc).__name__}: {ext_exc}")
         _assert_no_kernel_before_error(ext, args, ext_exc)
-        return label
+        return "raised"
 
     # Both returned: the same structure, shapes, dtypes and devices as torch.nn,
     # the same values (NaN where torch.nn has NaN), then the same gradients.

@@ -17,9 +17,8 @@ configurations, and a fuzzer of malformed input.
   (NaN-aware), forward and backward, without modifying its arguments.  Every
   case runs in-process: a crash fails the whole run, and a hang is turned into
   a failure with a traceback.  The few tolerated differences are named in
-  fuzz_strategies.py (documented ones, torch.nn's own laxness, and the known
-  lstm_ext bugs pinned by the strict-xfail tests at the end of this file;
-  LSTM_EXT_FUZZ_STRICT=1 stops tolerating the latter).
+  fuzz_strategies.py (documented ones and torch.nn's own laxness).  Bugs the
+  fuzzer found keep a minimal reproducer as a plain test in this file.
 
 Deterministic: every test is derandomized (fixed examples, no example
 database), and tensor values come from seeded torch.Generators.
@@ -35,7 +34,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 import lstm_ext
-from fuzz_strategies import (EDIT_KINDS, KINDS, KNOWN_BUGS, ParityConfig, check_fuzz_case, check_parity, fuzz_cases,
+from fuzz_strategies import (EDIT_KINDS, KINDS, ParityConfig, check_fuzz_case, check_parity, fuzz_cases,
                              parity_configs)
 from helpers import F32_GRAD
 
@@ -132,14 +131,8 @@ def test_malformed_input_fuzz(kind, edit, data):
     event(f"outcome: {check_fuzz_case(case)}")
 
 
-# =============================================================================== known bugs
-# Minimal reproducers of the lstm_ext bugs the fuzzer found (KNOWN_BUGS in
-# fuzz_strategies.py).  Strict xfail: once a bug is fixed its test passes, which
-# fails the run until the marker and the KNOWN_BUGS entry are removed.
-
-
-def known_bug(name):
-    return pytest.mark.xfail(strict=True, raises=AssertionError, reason=KNOWN_BUGS[name])
+# =============================================================================== reproducers
+# Minimal reproducers of the lstm_ext bugs the fuzzer found, kept as plain tests.
 
 
 def assert_same_error(ref_call, ext_call):
@@ -189,20 +182,26 @@ def test_cell_hx_rank(kind, x, hx):
     assert_same_error(lambda: ref(x, hx), lambda: ext(x, hx))
 
 
-@known_bug("check-order")
+# Two things wrong at once: the checks run in torch.nn's order (input rank, hx's
+# structure and rank, input dtype, feature size, state sizes, devices), so the
+# first error is torch.nn's first and the exception type is the same.  Before,
+# lstm_ext checked the whole input first and raised the other error.
 @pytest.mark.parametrize("kind,x,hx", [
-    # wrong feature size and dtype. torch.nn: ValueError (dtype); lstm_ext: RuntimeError (input_size)
+    # wrong feature size and dtype. torch.nn: ValueError (dtype)
     ("LSTM", torch.randn(5, 2, 7, dtype=torch.float64), None),
-    # wrong feature size and hx a 1-tuple. torch.nn: AttributeError ('tuple' object has no
-    # attribute 'dim'); lstm_ext: RuntimeError (input_size)
+    # wrong feature size and hx a 1-tuple. torch.nn: AttributeError ('tuple' object has no attribute 'dim')
     ("RNN", torch.randn(5, 2, 7), (torch.zeros(1, 2, 4),)),
-    # int64 input and 2-D hx for 3-D input. torch.nn: RuntimeError (hx should be 3-D);
-    # lstm_ext: ValueError (dtype)
+    # int64 input and 2-D hx for 3-D input. torch.nn: RuntimeError (hx should be 3-D)
     ("RNN", torch.randn(5, 2, 3).long(), torch.zeros(1, 4)),
-    # wrong feature size and 3-D hx. torch.nn: ValueError (hx rank); lstm_ext: RuntimeError (input_size)
+    # wrong feature size and 3-D hx. torch.nn: ValueError (hx rank)
     ("LSTMCell", torch.randn(2, 5), (torch.zeros(1, 2, 4), torch.zeros(1, 2, 4))),
-], ids=["LSTM-features+dtype", "RNN-features+hx-tuple", "RNN-dtype+hx-rank", "LSTMCell-features+hx-rank"])
-def test_known_bug_check_order(kind, x, hx):
+    # empty sequence and wrong feature size. torch.nn: RuntimeError (input_size, checked first)
+    ("LSTM", torch.randn(0, 2, 7), None),
+    # float64 input and wrong h_0 size. torch.nn: ValueError (dtype)
+    ("LSTM", torch.randn(5, 2, 3, dtype=torch.float64), (torch.zeros(1, 3, 4), torch.zeros(1, 2, 4))),
+], ids=["LSTM-features+dtype", "RNN-features+hx-tuple", "RNN-dtype+hx-rank", "LSTMCell-features+hx-rank",
+        "LSTM-empty+features", "LSTM-dtype+hx-size"])
+def test_two_errors_raise_what_torch_nn_raises(kind, x, hx):
     ref, ext = pair(kind, 3, 4)
     args = (x,) if hx is None else (x, hx)
     assert_same_error(lambda: ref(*args), lambda: ext(*args))
