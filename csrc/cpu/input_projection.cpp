@@ -33,7 +33,9 @@ void input_projection_into(at::Tensor& out, const at::Tensor& x2d, const at::Ten
             loop_threads(M * N * K));
 }
 
-at::Tensor input_gradient(const at::Tensor& grad_pre, const at::Tensor& w) {
+namespace {
+
+at::Tensor input_gradient_float(const at::Tensor& grad_pre, const at::Tensor& w) {
   const int64_t M = grad_pre.size(0), G = w.size(0), I = w.size(1);
   at::Tensor out = at::empty({M, I}, grad_pre.options());
   const fused::Kernels* k = fused_gemm_kernels(out, M);
@@ -43,6 +45,30 @@ at::Tensor input_gradient(const at::Tensor& grad_pre, const at::Tensor& w) {
   k->linear({M, I, G, grad_pre.data_ptr<float>(), &packed, nullptr, out.data_ptr<float>()},
             loop_threads(M * I * G));
   return out;
+}
+
+at::Tensor input_gradient_bf16(const fused::Bf16Kernels& k, const at::Tensor& grad_pre,
+                               const at::Tensor& w) {
+  const int64_t M = grad_pre.size(0), G = w.size(0), I = w.size(1);
+  const at::Tensor grad_pre16 = grad_pre.to(at::kBFloat16);
+  // out = grad_pre w = grad_pre (w^T)^T: the row-packed GEMM of w^T [I,G].
+  const at::Tensor w_t = w.t().contiguous();
+  at::Tensor out = at::empty({M, I}, grad_pre.options());
+  const fused::PairPanels packed =
+      pack_weights(k, fused::Slot::kInput, fused::PackKind::kRows, bf16_ptr(w_t), I, G);
+  k.linear({M, I, G, bf16_ptr(grad_pre16), &packed, nullptr, out.data_ptr<float>()},
+           loop_threads(M * I * G));
+  return out;
+}
+
+}  // namespace
+
+at::Tensor input_gradient(const at::Tensor& grad_pre, const at::Tensor& w) {
+  if (w.scalar_type() == at::kBFloat16 && grad_pre.scalar_type() == at::kFloat) {
+    if (const fused::Bf16Kernels* k = selected_bf16_kernels())
+      return input_gradient_bf16(*k, grad_pre, w.contiguous());
+  }
+  return input_gradient_float(grad_pre, w.to(grad_pre.scalar_type()).contiguous());
 }
 
 }  // namespace lstm_ext::cpu

@@ -19,8 +19,17 @@ namespace lstm_ext::cpu {
 void input_projection_into(at::Tensor& out, const at::Tensor& x2d, const at::Tensor& w,
                            const OptTensor& bias);
 
-// Its gradient with respect to x2d: grad_pre [N,G] w [G,I] -> [N,I], on the
-// same GEMM. Both contiguous, same dtype.
+// Its gradient with respect to x2d: grad_pre [N,G] w [G,I] -> [N,I] in
+// grad_pre's dtype (the compute dtype). grad_pre contiguous; w in the
+// storage dtype.
+//
+// float32 w runs on the same GEMM as the projection. A bfloat16 w runs on the
+// native bf16 GEMM where it is available: grad_pre (float32) is rounded to
+// bfloat16 once, as the GEMM operand (as oneDNN's bf16 backward does), and
+// the products accumulate in float32. Only the input gradient does this: each
+// of its elements sums G products, as the forward's bf16 projection does,
+// while the weight gradients sum over all N rows and stay float32 GEMMs
+// (benchmarks/NOTES.md, v0.3). Elsewhere w is upcast.
 at::Tensor input_gradient(const at::Tensor& grad_pre, const at::Tensor& w);
 
 }  // namespace lstm_ext::cpu

@@ -25,6 +25,8 @@
 #include <string>
 #include <vector>
 
+#include <ATen/ATen.h>
+
 #include "cpu/fused/kernels.h"
 
 namespace lstm_ext::cpu {
@@ -34,6 +36,12 @@ const fused::Kernels* selected_fused_kernels();
 
 // The native bf16 forward kernels to use now, or null for the upcast path.
 const fused::Bf16Kernels* selected_bf16_kernels();
+
+// A bfloat16 tensor's data as the fused kernels' element type.
+inline fused::Bf16* bf16_ptr(const at::Tensor& t) {
+  static_assert(sizeof(at::BFloat16) == sizeof(fused::Bf16));
+  return reinterpret_cast<fused::Bf16*>(t.data_ptr<at::BFloat16>());
+}
 
 // Names of the kernels usable here, best first; the last is "reference".
 // "avx512bf16" (bf16 forward only) comes first where it is usable.

@@ -31,6 +31,7 @@
 #include "cpu/lstm_sequence.h"
 #include "cpu/previous_state.h"
 #include "cpu/scratch.h"
+#include "cpu/weight_gradients.h"
 #include "step_layout.h"
 
 namespace lstm_ext::cpu {
@@ -58,11 +59,6 @@ Tensor input_projection(const Tensor& x, const Tensor& w_ih, const OptTensor& bi
   Tensor gates = gates_buffer(d, x.options(), saved);
   input_projection_into(gates, x.view({d.seq.N, d.I}), w_ih, bias);
   return gates;
-}
-
-fused::Bf16* bf16_ptr(const Tensor& t) {
-  static_assert(sizeof(at::BFloat16) == sizeof(fused::Bf16));
-  return reinterpret_cast<fused::Bf16*>(t.data_ptr<at::BFloat16>());
 }
 
 // The native bfloat16 forward on kernels k: arguments as lstm_forward_cpu's,
@@ -160,19 +156,19 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
                                w_hh_in, h0_in, c0_in, y_in, gates_in, cells_in, batch_sizes,
                                w_hr_in);
   const StepLayout layout = make_step_layout(d.seq, batch_sizes);
-  const Tensor x = to_compute(x_in), w_ih = to_compute(w_ih_in), w_hh = to_compute(w_hh_in);
+  // x and w_ih are read in their storage dtype (weight_gradients, input_gradient).
+  const Tensor w_hh = to_compute(w_hh_in);
   const Tensor h0 = to_compute(h0_in), c0 = to_compute(c0_in), y = to_compute(y_in);
   const Tensor gates = gates_in.contiguous(), cells = cells_in.contiguous();
   const OptTensor w_hr = to_compute(w_hr_in);
   const OptTensor grad_y = to_compute(grad_y_in);
   const OptTensor grad_cells = to_compute(grad_cells_in);
-  const auto opts = x.options();
+  const auto opts = h0.options();
   const int64_t N = d.seq.N, G = 4 * d.H;
 
   Tensor grad_h = state_grad_buffer(grad_h_n, h0);
   Tensor grad_c = state_grad_buffer(grad_c_n, c0);
   Tensor grad_gates = scratch(ScratchRole::kGradGates, {N, G}, opts);
-  Tensor h_prev = scratch(ScratchRole::kPrevState, {N, d.P}, opts);
   Tensor grad_h_all, h_raw_all, grad_h_raw;
   if (d.projected) {
     grad_h_all = at::empty({N, d.P}, opts);
@@ -180,7 +176,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
     grad_h_raw = at::empty({d.seq.B, d.H}, opts);
   }
 
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "lstm_backward_cpu", [&] {
     auto opt_ptr = [](const Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
     lstm_backward_loop<scalar_t>(
         layout, reverse, d.H, d.P, w_hh.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(w_hr),
@@ -188,18 +184,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
         ptr_or_null<scalar_t>(grad_y), ptr_or_null<scalar_t>(grad_cells),
         grad_h.data_ptr<scalar_t>(), grad_c.data_ptr<scalar_t>(), grad_gates.data_ptr<scalar_t>(),
         opt_ptr(grad_h_all), opt_ptr(h_raw_all), opt_ptr(grad_h_raw));
-    gather_previous_state<scalar_t>(layout, reverse, d.P, y.data_ptr<scalar_t>(),
-                                    h0.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>());
   });
 
-  // Every weight gradient is one GEMM over all N rows.
-  const Tensor x2d = x.view({N, d.I});
-  Tensor grad_w_ih = at::mm(grad_gates.t(), x2d);
-  Tensor grad_w_hh = at::mm(grad_gates.t(), h_prev);
+  // Every weight gradient is one GEMM over all N rows (W_ih and W_hh together).
+  auto [grad_w_ih, grad_w_hh] =
+      weight_gradients(grad_gates, x_in.reshape({N, d.I}), layout, reverse, y, h0);
   Tensor grad_bias = grad_gates.sum(0);
   Tensor grad_w_hr = d.projected ? at::mm(grad_h_all.t(), h_raw_all) : at::empty({0}, opts);
-  Tensor grad_x =
-      need_grad_x ? input_gradient(grad_gates, w_ih).view(x.sizes()) : at::empty({0}, opts);
+  Tensor grad_x = need_grad_x ? input_gradient(grad_gates, w_ih_in).view(x_in.sizes())
+                               : at::empty({0}, opts);
   const auto out = [&](const Tensor& g) { return to_storage(g, x_in); };
   // grad_bias stays in the compute dtype (ops.cpp); autograd casts it to the bias's dtype.
   return {out(grad_x), out(grad_w_ih), out(grad_w_hh), grad_bias,

@@ -16,28 +16,27 @@
 
 namespace lstm_ext::cpu {
 
-// h_prev [N,F] out: for each row of step t, the state that row started step t
-// from: its row of y [N,F] at the previously visited step, or of h0 [B,F] for
-// rows that start at t (the first visited step; in reverse, also sequences
-// shorter than the step before). Feeds the one GEMM for grad W_hh. Raw
-// copies, no allocation.
+// h_prev out, row r at h_prev + r * ld (ld >= F): for each row of step t,
+// the state that row started step t from: its row of y [N,F] at the
+// previously visited step, or of h0 [B,F] for rows that start at t (the
+// first visited step; in reverse, also sequences shorter than the step
+// before). Feeds the GEMM for grad W_hh (weight_gradients.h), which reads the
+// rows beside x's. Raw copies, no allocation.
 template <typename scalar_t>
 void gather_previous_state(const StepLayout& layout, bool reverse, int64_t F, const scalar_t* y,
-                           const scalar_t* h0, scalar_t* h_prev) {
+                           const scalar_t* h0, scalar_t* h_prev, int64_t ld) {
   // Empty tensors may have null data pointers, and memcpy from or to null is
   // undefined even for 0 bytes (UBSan found it with B = 0): copy only rows.
   if (layout.total_rows() == 0 || F == 0) return;
+  const auto copy_rows = [&](scalar_t* out, const scalar_t* src, int64_t rows) {
+    for (int64_t r = 0; r < rows; ++r) std::memcpy(out + r * ld, src + r * F, sizeof(scalar_t) * F);
+  };
   for (int64_t t = 0; t < layout.steps(); ++t) {
     const int64_t continuing = layout.rows_continuing(t, reverse);
     const int64_t starting = layout.rows(t) - continuing;
-    scalar_t* out = h_prev + layout.offset(t) * F;
-    if (continuing > 0) {
-      const int64_t p = layout.previous(t, reverse);
-      std::memcpy(out, y + layout.offset(p) * F, sizeof(scalar_t) * continuing * F);
-    }
-    if (starting > 0) {
-      std::memcpy(out + continuing * F, h0 + continuing * F, sizeof(scalar_t) * starting * F);
-    }
+    scalar_t* out = h_prev + layout.offset(t) * ld;
+    if (continuing > 0) copy_rows(out, y + layout.offset(layout.previous(t, reverse)) * F, continuing);
+    if (starting > 0) copy_rows(out + continuing * ld, h0 + continuing * F, starting);
   }
 }
 

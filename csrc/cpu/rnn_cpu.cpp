@@ -19,6 +19,7 @@
 #include "rnn_checks.h"
 #include "tensor_args.h"
 #include "cpu/previous_state.h"
+#include "cpu/weight_gradients.h"
 #include "step_layout.h"
 
 namespace lstm_ext::cpu {
@@ -62,34 +63,30 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
       check_rnn_backward_args(grad_y_in, grad_h_n, x_in, w_ih_in, w_hh_in, h0_in, y_in,
                               batch_sizes);
   const SequenceDims& s = d.seq;
-  const Tensor x = to_compute(x_in), w_ih = to_compute(w_ih_in), w_hh = to_compute(w_hh_in);
+  // x and w_ih are read in their storage dtype (weight_gradients, input_gradient).
+  const Tensor w_hh = to_compute(w_hh_in);
   const Tensor h0 = to_compute(h0_in), y = to_compute(y_in);
   const auto grad_y = to_compute(grad_y_in);
   const StepLayout L = make_step_layout(s, batch_sizes);
-  const auto opts = x.options();
+  const auto opts = h0.options();
 
   // Gradient at the carried state: starts as grad_h_n (zero when absent),
   // ends as grad_h0.
   Tensor grad_h = state_grad_buffer(grad_h_n, h0);
   Tensor d_pre = scratch(ScratchRole::kGradGates, {s.N, d.H}, opts);
-  Tensor h_prev = scratch(ScratchRole::kPrevState, {s.N, d.H}, opts);
 
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnn_backward_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "rnn_backward_cpu", [&] {
     rnn_backward_loop<scalar_t>(L, d.H, reverse, relu, w_hh.data_ptr<scalar_t>(),
                                 y.data_ptr<scalar_t>(),
                                 grad_y ? grad_y->data_ptr<scalar_t>() : nullptr,
                                 grad_h.data_ptr<scalar_t>(), d_pre.data_ptr<scalar_t>());
-    gather_previous_state<scalar_t>(L, reverse, d.H, y.data_ptr<scalar_t>(),
-                                    h0.data_ptr<scalar_t>(), h_prev.data_ptr<scalar_t>());
   });
 
-  // One GEMM each over all N rows (zeros when N == 0).
-  const Tensor d_pre_t = d_pre.t();
-  Tensor grad_w_ih = at::mm(d_pre_t, x.view({s.N, d.I}));
-  Tensor grad_w_hh = at::mm(d_pre_t, h_prev);
+  // One GEMM for both weight gradients over all N rows (zeros when N == 0).
+  auto [grad_w_ih, grad_w_hh] = weight_gradients(d_pre, x_in.reshape({s.N, d.I}), L, reverse, y, h0);
   Tensor grad_bias = d_pre.sum(0);
   Tensor grad_x =
-      need_grad_x ? input_gradient(d_pre, w_ih).view(s.shape(d.I)) : at::empty({0}, opts);
+      need_grad_x ? input_gradient(d_pre, w_ih_in).view(s.shape(d.I)) : at::empty({0}, opts);
   const auto out = [&](const Tensor& g) { return to_storage(g, x_in); };
   // grad_bias stays in the compute dtype (ops.cpp); autograd casts it to the bias's dtype.
   return {out(grad_x), out(grad_w_ih), out(grad_w_hh), grad_bias, out(grad_h)};
