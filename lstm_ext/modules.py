@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
-from ._autograd import combine_biases
+from ._autograd import autocast_dtype, combine_biases
 from .ops import SUPPORTED_DEVICE_TYPES, lstm_layer
 from .rnn_ops import rnn_layer
 
@@ -113,7 +113,7 @@ def _check_state_like(state: Tensor, name: str, input: Tensor) -> None:
             f"{input.device} (the device of input), got {state.device}"
         )
     # Under autocast the layers cast the states with the input (as torch.nn does).
-    if state.dtype != input.dtype and not torch.is_autocast_enabled(input.device.type):
+    if state.dtype != input.dtype and autocast_dtype(input.device.type) is None:
         raise RuntimeError(f"expected {name} of dtype {input.dtype} (the dtype of input), got {state.dtype}")
 
 
@@ -136,7 +136,7 @@ def _check_same_device(input: Tensor, weight: Tensor) -> None:
 def _check_input_dtype(input: Tensor, weight: Tensor, error: type = ValueError) -> None:
     """torch.nn raises ValueError for this with a tensor input to a recurrent layer,
     RuntimeError with a PackedSequence or in the cells."""
-    if input.dtype != weight.dtype and not torch.is_autocast_enabled(input.device.type):
+    if input.dtype != weight.dtype and autocast_dtype(input.device.type) is None:
         raise error(
             f"input dtype ({input.dtype}) does not match weight dtype ({weight.dtype}). Convert "
             f"input: input.to({weight.dtype}), or convert model: model.to({input.dtype})"
@@ -541,7 +541,7 @@ class _CellBase(nn.Module):
             raise InputTypeError(f"{module}: expected input to be a Tensor, got {type(input).__name__}")
         if input.dim() not in (1, 2):
             raise ValueError(f"{module}: Expected input to be 1D or 2D, got {input.dim()}D instead")
-        # torch.nn's order: hx's structure and rank, then sizes, then dtype and device.
+        # torch.nn's order: hx's structure and rank, then sizes, then device and dtype.
         states = None if hx is None else _state_tensors(hx, self._num_states, module)
         rank = 2 if input.dim() == 2 else 1
         if states is not None and any(s.dim() != rank for s in states):
@@ -564,9 +564,9 @@ class _CellBase(nn.Module):
                 raise RuntimeError(
                     f"hidden{index} has inconsistent hidden_size: got {state.size(1)}, expected {self.hidden_size}"
                 )
-        _check_input_dtype(input, self.weight_ih, RuntimeError)
         _check_device_supported(input, module)
         _check_same_device(input, self.weight_ih)
+        _check_input_dtype(input, self.weight_ih, RuntimeError)
         if hx is not None:
             for index, state in enumerate(states):
                 _check_state_like(state, f"hx[{index}]" if self._num_states > 1 else "hx", input)
