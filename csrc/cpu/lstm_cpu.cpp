@@ -1,8 +1,9 @@
 // CPU binding: tensors in, raw pointers to the time loops, tensors out.
 //
 // The GEMMs that cover every time step at once (the input projection in
-// forward, input_projection.h; the weight and input gradients in backward,
-// ATen) run here; everything sequential happens in lstm_sequence.cpp.
+// forward and the input gradient in backward, input_projection.h; the weight
+// gradients, weight_gradients.h) run here; everything sequential happens in
+// lstm_sequence.cpp.
 //
 // bfloat16 runs the float32 kernels (compute_dtype.h): the arguments are
 // upcast (exactly) on entry, y, h_n, c_n and the gradients are rounded to
