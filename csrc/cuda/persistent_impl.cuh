@@ -291,14 +291,19 @@ __global__ void __launch_bounds__(kPersistentThreads)
   }
 }
 
-template <typename Kernel>
-cudaError_t launch_cooperative(Kernel kernel, const PersistentPlan& plan, void** args,
-                               cudaStream_t stream) {
+// Launches kernel(args, plan.units, plan.tile_rows) cooperatively: one block
+// per plan.blocks, all resident, with the plan's shared memory.
+template <typename Args>
+cudaError_t launch_cooperative(void (*kernel)(Args, int, int), const Args& args_in,
+                               const PersistentPlan& plan, cudaStream_t stream) {
   cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(plan.smem_limit));
   if (err != cudaSuccess) return err;
+  Args args = args_in;
+  int U = plan.units, tile_rows = plan.tile_rows;
+  void* params[] = {&args, &U, &tile_rows};
   return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(plan.blocks),
-                                     dim3(kPersistentThreads), args, plan.smem_bytes, stream);
+                                     dim3(kPersistentThreads), params, plan.smem_bytes, stream);
 }
 
 }  // namespace persistent_detail
@@ -306,20 +311,14 @@ cudaError_t launch_cooperative(Kernel kernel, const PersistentPlan& plan, void**
 template <typename T>
 cudaError_t persistent_lstm_forward(const PersistentForward<T>& a, const PersistentPlan& plan,
                                     cudaStream_t stream) {
-  PersistentForward<T> args = a;
-  int U = plan.units, tile_rows = plan.tile_rows;
-  void* params[] = {&args, &U, &tile_rows};
-  return persistent_detail::launch_cooperative(persistent_detail::forward_kernel<T>, plan, params,
+  return persistent_detail::launch_cooperative(persistent_detail::forward_kernel<T>, a, plan,
                                                stream);
 }
 
 template <typename T>
 cudaError_t persistent_lstm_backward(const PersistentBackward<T>& a, const PersistentPlan& plan,
                                      cudaStream_t stream) {
-  PersistentBackward<T> args = a;
-  int U = plan.units, tile_rows = plan.tile_rows;
-  void* params[] = {&args, &U, &tile_rows};
-  return persistent_detail::launch_cooperative(persistent_detail::backward_kernel<T>, plan, params,
+  return persistent_detail::launch_cooperative(persistent_detail::backward_kernel<T>, a, plan,
                                                stream);
 }
 
