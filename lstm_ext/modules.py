@@ -146,6 +146,12 @@ def _check_input_dtype(input: Tensor, weight: Tensor, error: type = ValueError) 
 # --------------------------------------------------------------------------- layers
 
 
+def _stacked(tensors: List[Tensor]) -> Tensor:
+    """torch.stack(tensors), as a view when there is one (a single layer-direction's
+    fresh final state: no copy, and a third of the cost of a call to stack)."""
+    return tensors[0].unsqueeze(0) if len(tensors) == 1 else torch.stack(tensors)
+
+
 class _Sequence(NamedTuple):
     """The input as the ops take it, and what is needed to give results back in
     the caller's layout."""
@@ -270,8 +276,12 @@ class _RecurrentBase(nn.Module):
 
     # -- shared machinery
     def _layer_params(self, index: int) -> dict:
-        names = self._all_weights[index]
-        return {name.split("_l")[0]: getattr(self, name) for name in names}
+        # getattr, not self._parameters: torch.func.functional_call swaps the
+        # attributes. The kinds ("weight_ih", ...) are parsed once per module.
+        kinds = self.__dict__.get("_layer_kinds")
+        if kinds is None:
+            kinds = self._layer_kinds = [[(n.split("_l")[0], n) for n in names] for names in self._all_weights]
+        return {kind: getattr(self, name) for kind, name in kinds[index]}
 
     def _prepare_input(self, input) -> _Sequence:
         """The input's type and rank, and its time-major view; the rest of its
@@ -381,13 +391,15 @@ class _RecurrentBase(nn.Module):
         every_h: List[Tensor] = []
         every_c: List[Tensor] = []
         layer_input = seq.x
+        # One unbind per state instead of an index per layer-direction and state.
+        per_layer = tuple(zip(*(s.unbind(0) for s in states)))
         for layer in range(self.num_layers):
             outputs = []
             for direction in range(num_directions):
                 index = layer * num_directions + direction
                 y, final, cells = self._run_layer(
-                    layer_input, self._layer_params(index), tuple(s[index] for s in states),
-                    direction == 1, seq.batch_sizes, return_all_states,
+                    layer_input, self._layer_params(index), per_layer[index], direction == 1,
+                    seq.batch_sizes, return_all_states,
                 )
                 outputs.append(y)
                 for collected, value in zip(finals, final):
@@ -400,7 +412,7 @@ class _RecurrentBase(nn.Module):
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
                 layer_input = F.dropout(layer_input, p=self.dropout, training=True)
         all_states = tuple(torch.stack(e) for e in (every_h, every_c) if e)
-        return self._restore_layout(seq, layer_input, tuple(torch.stack(f) for f in finals), all_states)
+        return self._restore_layout(seq, layer_input, tuple(_stacked(f) for f in finals), all_states)
 
 
 class LSTM(_RecurrentBase):

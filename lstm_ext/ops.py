@@ -14,15 +14,18 @@ from torch import Tensor
 from . import _C  # noqa: F401  (loads the library that registers the ops)
 from ._autograd import (
     autocast_inputs,
+    call_below_autograd,
     check_bias_like_x,
     check_compute_like_x,
     check_like_x,
     compute_dtype,
     differentiable_grads,
+    eager_function,
     fake_layer_grads,
     grad_bias_as,
     needs_grad,
     register_opaque_backward,
+    run_op,
 )
 
 __all__ = ["lstm_layer", "cuda_path", "SUPPORTED_DEVICE_TYPES"]
@@ -95,8 +98,9 @@ def lstm_layer(
     summed in float32); its gradient then is float32 too.
     """
     x, w_ih, w_hh, h0, c0, w_hr = autocast_inputs(x.device.type, x, w_ih, w_hh, h0, c0, w_hr)
-    save = return_cells or needs_grad(x, w_ih, w_hh, bias, h0, c0, w_hr)
-    y, h_n, c_n, _, cells = _forward_op(x, w_ih, w_hh, bias, h0, c0, reverse, save, batch_sizes, w_hr)
+    grad = needs_grad(x, w_ih, w_hh, bias, h0, c0, w_hr)
+    args = (x, w_ih, w_hh, bias, h0, c0, reverse, return_cells or grad, batch_sizes, w_hr)
+    y, h_n, c_n, _, cells = run_op(_forward_op, _LstmForward, grad, args)
     if return_cells:
         # The op keeps cells in the compute dtype (float32 for bfloat16).
         return y, h_n, c_n, cells.to(x.dtype)
@@ -168,8 +172,8 @@ def _lstm_forward_backward(ctx, grad_y, grad_h_n, grad_c_n, _grad_gates, grad_ce
         )
     x, w_ih, w_hh, h0, c0, y, gates, cells, w_hr, bias = ctx.saved_tensors
     needs = ctx.needs_input_grad
-    grads = _backward_op(
-        grad_y, grad_h_n, grad_c_n, grad_cells, x, w_ih, w_hh, h0, c0, y, gates, cells,
+    grads = call_below_autograd(
+        _backward_op, grad_y, grad_h_n, grad_c_n, grad_cells, x, w_ih, w_hh, h0, c0, y, gates, cells,
         ctx.reverse, needs[0], ctx.batch_sizes, w_hr,
     )
     grad_x, grad_w_ih, grad_w_hh, grad_bias, grad_h0, grad_c0, grad_w_hr = grads
@@ -198,6 +202,7 @@ def _differentiable_backward(ctx, output_grads):
 
 
 torch.library.register_autograd("lstm_ext::lstm_forward", _lstm_forward_backward, setup_context=_setup_context)
+_LstmForward = eager_function("LstmForward", _forward_op, _setup_context, _lstm_forward_backward)
 
 
 register_opaque_backward("lstm_ext::lstm_backward", "lstm_ext::lstm_forward", "lstm_ext.ops.lstm_layer or lstm_ext.LSTM")

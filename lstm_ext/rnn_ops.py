@@ -16,12 +16,16 @@ from torch import Tensor
 from . import _C  # noqa: F401  (loads the library that registers the ops)
 from ._autograd import (
     autocast_inputs,
+    call_below_autograd,
     check_bias_like_x,
     check_like_x,
     differentiable_grads,
+    eager_function,
     fake_layer_grads,
     grad_bias_as,
+    needs_grad,
     register_opaque_backward,
+    run_op,
 )
 
 __all__ = ["rnn_layer"]
@@ -61,7 +65,8 @@ def rnn_layer(
     float32 too.
     """
     x, w_ih, w_hh, h0 = autocast_inputs(x.device.type, x, w_ih, w_hh, h0)
-    return _forward_op(x, w_ih, w_hh, bias, h0, reverse, relu, batch_sizes)
+    args = (x, w_ih, w_hh, bias, h0, reverse, relu, batch_sizes)
+    return run_op(_forward_op, _RnnForward, needs_grad(x, w_ih, w_hh, bias, h0), args)
 
 
 # The real kernels return fresh contiguous tensors whatever the inputs'
@@ -109,8 +114,8 @@ def _rnn_forward_backward(ctx, grad_y, grad_h_n):
         )
     batch_sizes = ctx.batch_sizes
     needs = ctx.needs_input_grad
-    grad_x, grad_w_ih, grad_w_hh, grad_bias, grad_h0 = _backward_op(
-        grad_y, grad_h_n, x, w_ih, w_hh, h0, y, ctx.reverse, ctx.relu, needs[0], batch_sizes
+    grad_x, grad_w_ih, grad_w_hh, grad_bias, grad_h0 = call_below_autograd(
+        _backward_op, grad_y, grad_h_n, x, w_ih, w_hh, h0, y, ctx.reverse, ctx.relu, needs[0], batch_sizes
     )
     return (
         grad_x if needs[0] else None,
@@ -125,6 +130,7 @@ def _rnn_forward_backward(ctx, grad_y, grad_h_n):
 
 
 torch.library.register_autograd("lstm_ext::rnn_forward", _rnn_forward_backward, setup_context=_setup_context)
+_RnnForward = eager_function("RnnForward", _forward_op, _setup_context, _rnn_forward_backward)
 
 
 register_opaque_backward("lstm_ext::rnn_backward", "lstm_ext::rnn_forward", "lstm_ext.rnn_ops.rnn_layer or lstm_ext.RNN")

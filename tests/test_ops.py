@@ -417,6 +417,24 @@ def test_gradcheck_lstm_layer(device, reverse, has_bias):
     assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-7, rtol=1e-5)
 
 
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_gradcheck_op_through_its_registered_autograd(device, reverse):
+    """lstm_layer records an eager autograd.Function; direct callers of the op
+    (and torch.compile) get the formula registered on the op. Both must be right."""
+    inputs = make_inputs(4, 2, 3, 3, device=device, seed=7, scale=2.0)
+    args = [leaf(t) for t in inputs]
+    y_op = OPS.lstm_forward.default(*args, reverse, True)[0]
+    y_layer = lstm_ops.lstm_layer(*args, reverse=reverse)[0]
+    assert "GeneratedBackwardFor" in type(y_op.grad_fn).__name__
+    assert "GeneratedBackwardFor" not in type(y_layer.grad_fn).__name__
+
+    def f(x, w_ih, w_hh, b, h0, c0):
+        y, h_n, c_n, _, cells = OPS.lstm_forward.default(x, w_ih, w_hh, b, h0, c0, reverse, True)
+        return y, h_n, c_n, cells
+
+    assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-7, rtol=1e-5)
+
+
 # --- opcheck --------------------------------------------------------------------
 
 @pytest.mark.parametrize("save,reverse,has_bias,requires_grad", [
