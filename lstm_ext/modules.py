@@ -276,12 +276,8 @@ class _RecurrentBase(nn.Module):
 
     # -- shared machinery
     def _layer_params(self, index: int) -> dict:
-        # getattr, not self._parameters: torch.func.functional_call swaps the
-        # attributes. The kinds ("weight_ih", ...) are parsed once per module.
-        kinds = self.__dict__.get("_layer_kinds")
-        if kinds is None:
-            kinds = self._layer_kinds = [[(n.split("_l")[0], n) for n in names] for names in self._all_weights]
-        return {kind: getattr(self, name) for kind, name in kinds[index]}
+        # getattr, not self._parameters: torch.func.functional_call swaps the attributes.
+        return {name.rpartition("_l")[0]: getattr(self, name) for name in self._all_weights[index]}
 
     def _prepare_input(self, input) -> _Sequence:
         """The input's type and rank, and its time-major view; the rest of its
@@ -385,7 +381,8 @@ class _RecurrentBase(nn.Module):
         self._check_input(seq)
         states = self._initial_states(seq, given)
         self._check_placement(seq)
-        states = self._check_states_placement(seq, states)
+        if given is not None:  # zeros made here need no checks and no reordering
+            states = self._check_states_placement(seq, states)
         num_directions = self._num_directions
         finals: List[List[Tensor]] = [[] for _ in states]
         every_h: List[Tensor] = []

@@ -123,13 +123,17 @@ command -v ninja >/dev/null 2>&1 || die "ninja not on PATH (bash scripts/bootstr
 # A toolchain without the sanitizer runtimes (no libasan/libubsan) cannot run
 # this check at all: with SANITIZE_IF_AVAILABLE=1 (make test) that is a notice
 # and exit 0, otherwise a set-up error. A build or test failure never is.
+# Any other probe failure (no compiler, a bad LSTM_EXT_SANITIZE) is an error.
 CXX_PROBE=${CXX:-c++}
-if ! echo 'int main() { return 0; }' | "$CXX_PROBE" -x c++ -fsanitize="$SANITIZERS" -o /dev/null - >/dev/null 2>&1; then
-  if [[ "${SANITIZE_IF_AVAILABLE:-0}" == 1 ]]; then
-    say "skipped: $CXX_PROBE cannot link -fsanitize=$SANITIZERS (sanitizer runtimes not installed)"
-    exit 0
+if ! PROBE_ERR=$(echo 'int main() { return 0; }' | $CXX_PROBE -x c++ -fsanitize="$SANITIZERS" -o /dev/null - 2>&1); then
+  if grep -Eq 'lib(asan|ubsan)|-l(asan|ubsan)' <<<"$PROBE_ERR"; then
+    if [[ "${SANITIZE_IF_AVAILABLE:-0}" == 1 ]]; then
+      say "skipped: $CXX_PROBE cannot link -fsanitize=$SANITIZERS (sanitizer runtimes not installed)"
+      exit 0
+    fi
+    die "$CXX_PROBE cannot link -fsanitize=$SANITIZERS (install the compiler's libasan/libubsan)"
   fi
-  die "$CXX_PROBE cannot link -fsanitize=$SANITIZERS (install the compiler's libasan/libubsan)"
+  die "$CXX_PROBE -fsanitize=$SANITIZERS fails: $PROBE_ERR"
 fi
 case ",$SANITIZERS," in *,address,*) ASAN=1 ;; *) ASAN=0 ;; esac
 case ",$SANITIZERS," in *,undefined,*) UBSAN=1 ;; *) UBSAN=0 ;; esac
@@ -137,8 +141,6 @@ mkdir -p "$LOGS"
 rm -f "$LOGS"/*
 
 # --- 1. build ----------------------------------------------------------------
-inplace_stamp() { stat -c '%i %Y %s' lstm_ext/_C*.so 2>/dev/null || true; }
-before=$(inplace_stamp)
 say "building lstm_ext._C with -fsanitize=$SANITIZERS into ${B#"$ROOT"/}/lib (MAX_JOBS=$MAX_JOBS)"
 t0=$SECONDS
 if ! USE_CUDA=0 LSTM_EXT_SANITIZE="$SANITIZERS" MAX_JOBS="$MAX_JOBS" \
@@ -149,10 +151,10 @@ fi
 BUILD_S=$((SECONDS - t0))
 if grep -q "ninja: no work to do" "$LOGS/build.log"; then BUILD_NOTE="up to date, relinked"; else BUILD_NOTE="compiled"; fi
 say "build: ${BUILD_S} s ($BUILD_NOTE)"
-[[ "$(inplace_stamp)" == "$before" ]] || say "warning: lstm_ext/_C*.so changed during the build (another build in the checkout?)"
 
-SO=$(ls "$B"/lib/lstm_ext/_C*.so 2>/dev/null | head -n 1)
-[[ -n "$SO" ]] || die "no $B/lib/lstm_ext/_C*.so after the build (log: $LOGS/build.log)"
+# This interpreter's extension (build/sanitize may also hold other Pythons' builds).
+SO="$B/lib/lstm_ext/_C$("$PY" -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')"
+[[ -e "$SO" ]] || die "no $SO after the build (log: $LOGS/build.log)"
 SYMS=$(nm -D "$SO")
 if ((ASAN)) && ! grep -q "__asan_init" <<<"$SYMS"; then die "$SO is not built with ASan (was LSTM_EXT_SANITIZE honoured?)"; fi
 if ((UBSAN)) && ! grep -q "__ubsan_handle_" <<<"$SYMS"; then die "$SO is not built with UBSan"; fi
@@ -192,11 +194,6 @@ def pytest_sessionstart(session):
     _mark(f"loaded {lstm_ext._C.__file__}")
 
 
-def pytest_report_header(config):
-    import lstm_ext._C
-    return f"lstm_ext._C (sanitized): {lstm_ext._C.__file__}"
-
-
 def pytest_runtest_logstart(nodeid, location):
     _mark(f"test {nodeid}")
 
@@ -216,8 +213,9 @@ EOF
 if (($#)); then TEST_ARGS=("$@"); else TEST_ARGS=("${DEFAULT_TESTS[@]}"); fi
 PRELOAD=""
 if ((ASAN)); then
-  LIBASAN=$(ldd "$SO" | awk '/libasan/ {print $3; exit}')
-  LIBSTDCXX=$(ldd "$SO" | awk '/libstdc\+\+/ {print $3; exit}')
+  LINKED=$(ldd "$SO")
+  LIBASAN=$(awk '/libasan/ {print $3; exit}' <<<"$LINKED")
+  LIBSTDCXX=$(awk '/libstdc\+\+/ {print $3; exit}' <<<"$LINKED")
   [[ -n "$LIBASAN" && -e "$LIBASAN" ]] || die "cannot find the libasan $SO links against (ldd)"
   PRELOAD="$LIBASAN${LIBSTDCXX:+ $LIBSTDCXX}"
 fi

@@ -45,7 +45,8 @@ def layout(t, kind):
     "contig": contiguous copy; "transposed": a transposed view of a contiguous
     tensor with the first two dims swapped; "step": a slice with step 2 in the
     last dimension (strided rows).  The result is a leaf tensor with the same
-    requires_grad flag as ``t`` has on entry.
+    requires_grad flag as ``t`` has on entry.  Empty tensors and NaN are kept
+    as they are (an empty tensor may come out contiguous).
     """
     rg = t.requires_grad
     t = t.detach()
@@ -54,17 +55,17 @@ def layout(t, kind):
     elif kind == "transposed":
         assert t.dim() >= 2
         out = t.transpose(0, 1).contiguous().transpose(0, 1)
-        if t.shape[0] > 1 and t.shape[1] > 1:
+        if t.shape[0] > 1 and t.shape[1] > 1 and t.numel():
             assert not out.is_contiguous()
     elif kind == "step":
         big = torch.zeros(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)
         big[..., ::2] = t
         out = big[..., ::2]
-        if t.shape[-1] > 1:
+        if t.shape[-1] > 1 and t.numel():
             assert not out.is_contiguous()
     else:
         raise ValueError(kind)
-    assert torch.equal(out, t)
+    torch.testing.assert_close(out, t, rtol=0, atol=0, equal_nan=True)
     if rg:
         # keep the non-contiguous layout: make the strided view itself a leaf
         out.requires_grad_(True)
@@ -198,6 +199,23 @@ def assert_dicts_close(got, exp, tol, label):
     for k in got:
         assert got[k].shape == exp[k].shape, (label, k, got[k].shape, exp[k].shape)
         assert_close(got[k], exp[k], f"{label} {k}", **tol)
+
+
+def expect_same_error(ref_call, ext_call, *patterns):
+    """torch.nn's exception type for this input, raised by lstm_ext too (or a
+    subclass), before any lstm_ext kernel, with a message matching every regex
+    in ``patterns`` (and not empty)."""
+    with pytest.raises(Exception) as ref_info:
+        ref_call()
+    ref_type = type(ref_info.value)
+    rec = OpRecorder()
+    with pytest.raises(ref_type) as info:
+        with rec:
+            ext_call()
+    assert rec.lstm_ext_ops() == [], f"lstm_ext kernels ran before the error: {rec.lstm_ext_ops()}"
+    assert str(info.value).strip(), f"lstm_ext raised {type(info.value).__name__} with no message"
+    assert_message(info.value, *patterns)
+    return info.value
 
 
 class OpRecorder(TorchDispatchMode):

@@ -11,23 +11,9 @@ import torch
 from torch import nn
 
 import lstm_ext
-from helpers import OpRecorder, assert_message, copy_params, dtype_re, needs_cuda, num_re, shape_re
+from helpers import (OpRecorder, assert_message, copy_params, dtype_re, expect_same_error, needs_cuda, num_re,
+                     shape_re)
 from lstm_ext.ops import SUPPORTED_DEVICE_TYPES
-
-
-def expect_same_error(ref_call, ext_call, *patterns):
-    """torch.nn's exception type for this input, raised by lstm_ext too, before
-    any lstm_ext kernel; the message must match every regex in ``patterns``."""
-    with pytest.raises(Exception) as ref_info:
-        ref_call()
-    ref_type = type(ref_info.value)
-    rec = OpRecorder()
-    with pytest.raises(ref_type) as info:
-        with rec:
-            ext_call()
-    assert rec.lstm_ext_ops() == [], f"lstm_ext kernels ran before the error: {rec.lstm_ext_ops()}"
-    assert_message(info.value, *patterns)
-    return info.value
 
 
 I, H, L, B, T = 7, 5, 2, 3, 4

@@ -350,7 +350,7 @@ def test_gradcheck_op_through_its_registered_autograd(reverse):
     (and torch.compile) get the formula registered on the op. Both must be right."""
     x, w_ih, w_hh, b, h0, bs = make_inputs(4, 2, 3, 3, seed=11, scale=2.0, lengths=[4, 3])
     args = [leaf(t) for t in (x, w_ih, w_hh, b, h0)]
-    op = torch.ops.lstm_ext.rnn_forward.default
+    op = OPS.rnn_forward.default
     assert "GeneratedBackwardFor" in type(op(*args, reverse, False, bs)[0].grad_fn).__name__
     assert "GeneratedBackwardFor" not in type(rnn_ops.rnn_layer(*args, reverse=reverse, batch_sizes=bs)[0]
                                                .grad_fn).__name__
