@@ -1,67 +1,61 @@
 #include "checks.h"
 
-#include <c10/util/Exception.h>
-
 #include "compute_dtype.h"
+#include "message.h"
 
 namespace lstm_ext {
 
 namespace check {
 
-std::string shape_str(c10::IntArrayRef sizes) {
-  std::string s = "[";
-  for (size_t i = 0; i < sizes.size(); ++i) {
-    s += (i ? ", " : "") + std::to_string(sizes[i]);
-  }
-  return s + "]";
-}
+std::string shape_str(c10::IntArrayRef sizes) { return message(sizes); }
 
 void shape(const at::Tensor& t, const char* op, const char* name, const char* what,
            const std::vector<int64_t>& expected) {
-  TORCH_CHECK(t.sizes() == c10::IntArrayRef(expected), op, ": ", name, ": expected shape ", what,
-              " = ", shape_str(expected), ", got ", shape_str(t.sizes()));
+  LSTM_EXT_CHECK(t.sizes() == c10::IntArrayRef(expected), op, ": ", name, ": expected shape ",
+                 what, " = ", shape_str(expected), ", got ", shape_str(t.sizes()));
 }
 
 void rank(const at::Tensor& t, const char* op, const char* name, const char* what, int64_t rank) {
-  TORCH_CHECK(t.dim() == rank, op, ": ", name, ": expected a ", rank, "-D tensor of shape ", what,
-              ", got a ", t.dim(), "-D tensor of shape ", shape_str(t.sizes()));
+  LSTM_EXT_CHECK(t.dim() == rank, op, ": ", name, ": expected a ", rank, "-D tensor of shape ",
+                 what, ", got a ", t.dim(), "-D tensor of shape ", shape_str(t.sizes()));
 }
 
 void like(const at::Tensor& t, const at::Tensor& x, const char* op, const char* name) {
-  TORCH_CHECK(t.scalar_type() == x.scalar_type(), op, ": ", name, ": expected dtype ",
-              x.scalar_type(), " (the dtype of x), got ", t.scalar_type());
-  TORCH_CHECK(t.device() == x.device(), op, ": ", name, ": expected device ", x.device(),
-              " (the device of x), got ", t.device());
+  LSTM_EXT_CHECK(t.scalar_type() == x.scalar_type(), op, ": ", name, ": expected dtype ",
+                 x.scalar_type(), " (the dtype of x), got ", t.scalar_type());
+  LSTM_EXT_CHECK(t.device() == x.device(), op, ": ", name, ": expected device ", x.device(),
+                 " (the device of x), got ", t.device());
 }
 
 void like_compute(const at::Tensor& t, const at::Tensor& x, const char* op, const char* name) {
   const auto expected = compute_dtype(x.scalar_type());
   if (expected == x.scalar_type()) return like(t, x, op, name);
-  TORCH_CHECK(t.scalar_type() == expected, op, ": ", name, ": expected dtype ", expected,
-              " (the compute dtype for x of dtype ", x.scalar_type(), "), got ", t.scalar_type());
-  TORCH_CHECK(t.device() == x.device(), op, ": ", name, ": expected device ", x.device(),
-              " (the device of x), got ", t.device());
+  LSTM_EXT_CHECK(t.scalar_type() == expected, op, ": ", name, ": expected dtype ", expected,
+                 " (the compute dtype for x of dtype ", x.scalar_type(), "), got ",
+                 t.scalar_type());
+  LSTM_EXT_CHECK(t.device() == x.device(), op, ": ", name, ": expected device ", x.device(),
+                 " (the device of x), got ", t.device());
 }
 
 void bias(const at::Tensor& b, const at::Tensor& x, const char* op) {
   const auto storage = x.scalar_type();
   const auto compute = compute_dtype(storage);
   if (compute == storage) return like(b, x, op, "bias");
-  TORCH_CHECK(b.scalar_type() == storage || b.scalar_type() == compute, op,
-              ": bias: expected dtype ", storage, " (the dtype of x) or ", compute,
-              " (the compute dtype for x of dtype ", storage, "), got ", b.scalar_type());
-  TORCH_CHECK(b.device() == x.device(), op, ": bias: expected device ", x.device(),
-              " (the device of x), got ", b.device());
+  LSTM_EXT_CHECK(b.scalar_type() == storage || b.scalar_type() == compute, op,
+                 ": bias: expected dtype ", storage, " (the dtype of x) or ", compute,
+                 " (the compute dtype for x of dtype ", storage, "), got ", b.scalar_type());
+  LSTM_EXT_CHECK(b.device() == x.device(), op, ": bias: expected device ", x.device(),
+                 " (the device of x), got ", b.device());
 }
 
 void floating(const at::Tensor& x, const char* op) {
   const auto dt = x.scalar_type();
   const bool ok = dt == at::kFloat || dt == at::kDouble || dt == at::kBFloat16 ||
                   (x.is_cuda() && dt == at::kHalf);
-  TORCH_CHECK(ok, op, ": x: expected dtype float32, float64",
-              (x.is_cuda() ? ", float16 or bfloat16" : " or bfloat16"), ", got ", dt,
-              (dt == at::kHalf ? " (float16 is not supported on the CPU: use bfloat16 or float32)"
-                               : ""));
+  LSTM_EXT_CHECK(ok, op, ": x: expected dtype float32, float64",
+                 (x.is_cuda() ? ", float16 or bfloat16" : " or bfloat16"), ", got ", dt,
+                 dt == at::kHalf ? " (float16 is not supported on the CPU: use bfloat16 or float32)"
+                                 : "");
 }
 
 void optional_grad(const std::optional<at::Tensor>& g, const at::Tensor& x, const char* op,
@@ -85,25 +79,26 @@ SequenceDims sequence(const at::Tensor& x, const std::optional<at::Tensor>& batc
   const at::Tensor& bs = *batch_sizes;
   rank(x, op, "x", "[N, I] (packed, with batch_sizes)", 2);
   rank(bs, op, "batch_sizes", "[T]", 1);
-  TORCH_CHECK(bs.scalar_type() == at::kLong, op, ": batch_sizes: expected dtype int64, got ",
-              bs.scalar_type());
-  TORCH_CHECK(bs.device().is_cpu(), op, ": batch_sizes: expected a CPU tensor (as in "
-              "PackedSequence), got one on ", bs.device());
+  LSTM_EXT_CHECK(bs.scalar_type() == at::kLong, op, ": batch_sizes: expected dtype int64, got ",
+                 bs.scalar_type());
+  LSTM_EXT_CHECK(bs.device().is_cpu(), op, ": batch_sizes: expected a CPU tensor (as in "
+                 "PackedSequence), got one on ", bs.device());
   const int64_t T = bs.size(0);
-  TORCH_CHECK(T >= 1, op, ": batch_sizes: expected at least one time step, got none");
+  LSTM_EXT_CHECK(T >= 1, op, ": batch_sizes: expected at least one time step, got none");
   const at::Tensor bsc = bs.contiguous();
   const int64_t* b = bsc.data_ptr<int64_t>();
   int64_t total = 0;
   for (int64_t t = 0; t < T; ++t) {
-    TORCH_CHECK(b[t] >= 1, op, ": batch_sizes: expected positive entries, got ", b[t],
-                " at step ", t);
-    TORCH_CHECK(t == 0 || b[t] <= b[t - 1], op,
-                ": batch_sizes: expected non-increasing entries (sequences sorted by length), got ",
-                b[t - 1 >= 0 ? t - 1 : 0], " then ", b[t], " at step ", t);
+    LSTM_EXT_CHECK(b[t] >= 1, op, ": batch_sizes: expected positive entries, got ", b[t],
+                   " at step ", t);
+    LSTM_EXT_CHECK(t == 0 || b[t] <= b[t - 1], op,
+                   ": batch_sizes: expected non-increasing entries (sequences sorted by length), "
+                   "got ",
+                   b[t - 1 >= 0 ? t - 1 : 0], " then ", b[t], " at step ", t);
     total += b[t];
   }
-  TORCH_CHECK(total == x.size(0), op, ": x: expected ", total,
-              " packed rows (the sum of batch_sizes), got ", x.size(0));
+  LSTM_EXT_CHECK(total == x.size(0), op, ": x: expected ", total,
+                 " packed rows (the sum of batch_sizes), got ", x.size(0));
   return {T, b[0], total, true};
 }
 
@@ -128,16 +123,16 @@ LstmDims check_lstm_forward_args(const at::Tensor& x, const at::Tensor& w_ih,
   check::rank(w_hh, op, "w_hh", projected ? "[4H, P]" : "[4H, H]", 2);
   check::like(w_hh, x, op, "w_hh");
   const int64_t H = w_hh.size(0) / 4;
-  TORCH_CHECK(H >= 1 && w_hh.size(0) == 4 * H, op, ": w_hh: expected shape ",
-              projected ? "[4H, P]" : "[4H, H]", " with H >= 1, got ",
-              check::shape_str(w_hh.sizes()));
+  LSTM_EXT_CHECK(H >= 1 && w_hh.size(0) == 4 * H, op, ": w_hh: expected shape ",
+                 projected ? "[4H, P]" : "[4H, H]", " with H >= 1, got ",
+                 check::shape_str(w_hh.sizes()));
   int64_t P = H;
   if (projected) {
     check::like(*w_hr, x, op, "w_hr");
     check::rank(*w_hr, op, "w_hr", "[P, H]", 2);
     P = w_hr->size(0);
-    TORCH_CHECK(P >= 1 && P < H, op, ": w_hr: expected shape [P, H] with 1 <= P < H = ", H,
-                ", got ", check::shape_str(w_hr->sizes()));
+    LSTM_EXT_CHECK(P >= 1 && P < H, op, ": w_hr: expected shape [P, H] with 1 <= P < H = ", H,
+                   ", got ", check::shape_str(w_hr->sizes()));
     check::shape(*w_hr, op, "w_hr", "[P, H]", {P, H});
     check::shape(w_hh, op, "w_hh", "[4H, P]", {4 * H, P});
   } else {
@@ -169,9 +164,9 @@ LstmDims check_lstm_backward_args(
   const char* p_letter = d.projected ? "P" : "H";
   check::like(y, x, op, "y");
   check::shape(y, op, "y", s.letters(p_letter).c_str(), s.shape(d.P));
-  TORCH_CHECK(gates.numel() > 0 || s.N == 0, op,
-              ": gates is empty: the forward ran with save_for_backward=false, so there is "
-              "nothing to differentiate. Run lstm_forward with save_for_backward=true.");
+  LSTM_EXT_CHECK(gates.numel() > 0 || s.N == 0, op,
+                 ": gates is empty: the forward ran with save_for_backward=false, so there is "
+                 "nothing to differentiate. Run lstm_forward with save_for_backward=true.");
   check::like_compute(gates, x, op, "gates");
   check::shape(gates, op, "gates", s.letters("4H").c_str(), s.shape(4 * d.H));
   check::like_compute(cells, x, op, "cells");

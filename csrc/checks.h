@@ -1,6 +1,6 @@
 // Argument validation shared by every backend's binding.
 //
-// Each check runs before any kernel and raises (TORCH_CHECK) with a message
+// Each check runs before any kernel and raises (LSTM_EXT_CHECK, csrc/message.h) with a message
 // that names the argument, what was expected and what came, so a user sees
 // "lstm_forward: w_hh: expected shape [4H, H] = [32, 8], got [32, 7]" instead
 // of a crash.

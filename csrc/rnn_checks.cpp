@@ -1,6 +1,6 @@
 #include "rnn_checks.h"
 
-#include <c10/util/Exception.h>
+#include "message.h"
 
 namespace lstm_ext {
 namespace {
@@ -14,8 +14,8 @@ RnnDims check_rnn_args(const char* op, const at::Tensor& x, const at::Tensor& w_
   check::like(w_hh, x, op, "w_hh");
   check::rank(w_hh, op, "w_hh", "[H, H]", 2);
   const int64_t H = w_hh.size(0);
-  TORCH_CHECK(H >= 1, op, ": w_hh: expected shape [H, H] with H >= 1, got ",
-              check::shape_str(w_hh.sizes()));
+  LSTM_EXT_CHECK(H >= 1, op, ": w_hh: expected shape [H, H] with H >= 1, got ",
+                 check::shape_str(w_hh.sizes()));
   check::shape(w_hh, op, "w_hh", "[H, H]", {H, H});
   check::like(w_ih, x, op, "w_ih");
   check::shape(w_ih, op, "w_ih", "[H, I]", {H, I});

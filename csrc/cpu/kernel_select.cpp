@@ -1,10 +1,11 @@
 #include "cpu/kernel_select.h"
 
 #include <ATen/Parallel.h>
-#include <c10/util/Exception.h>
 #include <torch/library.h>
 
 #include <cstdlib>
+
+#include "message.h"
 
 namespace lstm_ext::cpu {
 namespace {
@@ -78,12 +79,13 @@ const fused::Kernels* selected_fused_kernels() {
   for (const auto& c : kCandidates) {
     if (want != c.name) continue;
     const auto* k = usable(c);
-    TORCH_CHECK(k != nullptr, "LSTM_EXT_CPU_KERNEL=", want, ": this kernel is not available here ",
-                "(available: ", joined(available_cpu_kernels()), ")");
+    LSTM_EXT_CHECK(k != nullptr, "LSTM_EXT_CPU_KERNEL=", want,
+                   ": this kernel is not available here (available: ",
+                   joined(available_cpu_kernels()), ")");
     return k;
   }
-  TORCH_CHECK(false, "LSTM_EXT_CPU_KERNEL=", want, ": expected one of auto, ",
-              joined(available_cpu_kernels()));
+  LSTM_EXT_CHECK(false, "LSTM_EXT_CPU_KERNEL=", want, ": expected one of auto, ",
+                 joined(available_cpu_kernels()));
 }
 
 const fused::Bf16Kernels* selected_bf16_kernels() {
@@ -92,8 +94,8 @@ const fused::Bf16Kernels* selected_bf16_kernels() {
   if (want.empty() || want == "auto") return usable_bf16();
   if (want != kBf16Name) return nullptr;
   const auto* k = usable_bf16();
-  TORCH_CHECK(k != nullptr, "LSTM_EXT_CPU_KERNEL=", want, ": this kernel is not available here ",
-              "(available: ", joined(available_cpu_kernels()), ")");
+  LSTM_EXT_CHECK(k != nullptr, "LSTM_EXT_CPU_KERNEL=", want, ": this kernel is not available here ",
+                 "(available: ", joined(available_cpu_kernels()), ")");
   return k;
 }
 

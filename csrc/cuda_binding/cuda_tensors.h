@@ -9,6 +9,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "message.h"
 #include "step_layout.h"
 #include "tensor_args.h"
 
@@ -67,7 +68,7 @@ void dispatch_persistent(at::ScalarType dtype, const char* op, Body&& body) {
     case at::kFloat: return body(TypeTag<float>{});
     case at::kHalf: return body(TypeTag<__half>{});
     case at::kBFloat16: return body(TypeTag<__nv_bfloat16>{});
-    default: TORCH_CHECK(false, op, ": the persistent CUDA path has no ", dtype, " kernel");
+    default: LSTM_EXT_CHECK(false, op, ": the persistent CUDA path has no ", dtype, " kernel");
   }
 }
 
