@@ -43,7 +43,7 @@ DTYPES = {
     "complex64": torch.complex64,
 }
 
-# bfloat16 results are compared with torch.nn run in float32 on the same
+# bfloat16 (and, on CUDA, float16) results are compared with torch.nn run in float32 on the same
 # (exactly upcast) values: lstm_ext computes in float32 and rounds once, closer to
 # that than torch.nn's own bfloat16 path, which rounds every step (with relu its
 # gradients can be off by 0.1-1 on the fuzzer's tiny cases).  tests/test_bf16.py
@@ -52,7 +52,7 @@ _BF16_TOL = dict(atol=5e-2, rtol=5e-2)
 
 
 def result_tols(dtype: torch.dtype):
-    if dtype == torch.bfloat16:
+    if dtype in (torch.bfloat16, torch.float16):
         return _BF16_TOL, _BF16_TOL
     return tols(dtype)
 
@@ -341,15 +341,20 @@ def _rank_shape(shape, rank):
     return tuple(shape[:rank] + [2] * max(0, rank - len(shape)))
 
 
-def materialize(case: FuzzCase):
+def materialize(case: FuzzCase, device: str = "cpu"):
     """-> (ref, ext, args): the two modules, with identical parameters, and the
-    positional arguments of the call."""
+    positional arguments of the call.  ``ext`` and the arguments are on
+    ``device``; ``ref`` (torch.nn, the oracle) stays on the CPU: call it with
+    ``cpu_copy(args)``.  On the CPU the "meta" edits make meta tensors; on
+    another device they leave the tensor on the CPU (a device mismatch)."""
     g = torch.Generator().manual_seed(case.seed)
     ref, ext = _make_modules(case)
+    ext.to(device)
     mdtype = DTYPES[case.dtype]
+    other_device = "meta" if device == "cpu" else "cpu"
 
     def randn(shape, dtype=mdtype):
-        return torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+        return torch.randn(shape, generator=g, dtype=torch.float64).to(dtype).to(device)
 
     # ---- module edits
     for edit in case.edits:
@@ -392,12 +397,12 @@ def materialize(case: FuzzCase):
         elif op == "input_dtype":
             x = x.to(DTYPES[edit[1]])
         elif op == "input_meta":
-            x = x.to("meta")
+            x = x.to(other_device)
         elif op == "input_nonfinite":
-            if x.is_floating_point() and x.device.type == "cpu":
+            if x.is_floating_point() and x.device.type != "meta":
                 x = _fill_nonfinite(x, edit[1], edit[2], g)
         elif op == "input_stride":
-            if x.device.type == "cpu":
+            if x.device.type != "meta":
                 x = _restride(x, edit[1])
         elif op.startswith("hx_") and op != "hx_struct":
             i = edit[1]
@@ -411,12 +416,12 @@ def materialize(case: FuzzCase):
             elif op == "hx_dtype":
                 states[i] = s.to(DTYPES[edit[2]])
             elif op == "hx_meta":
-                states[i] = s.to("meta")
+                states[i] = s.to(other_device)
             elif op == "hx_nonfinite":
-                if s.is_floating_point() and s.device.type == "cpu":
+                if s.is_floating_point() and s.device.type != "meta":
                     states[i] = _fill_nonfinite(s, edit[2], edit[3], g)
             elif op == "hx_stride":
-                if s.device.type == "cpu":
+                if s.device.type != "meta":
                     states[i] = _restride(s, edit[2])
 
     # Leaves: every floating tensor argument requires grad, so that a call that
@@ -437,7 +442,7 @@ def materialize(case: FuzzCase):
         hx = tuple(states) if case.num_states == 2 else states[0]
     for edit in case.edits:
         if edit[0] == "input_object" and isinstance(x, torch.Tensor):
-            base = x.detach().cpu() if x.device.type == "cpu" else torch.zeros(x.shape)
+            base = x.detach().cpu() if x.device.type != "meta" else torch.zeros(x.shape)
             x = {"None": None, "list": base.tolist(), "float": 1.5, "ndarray": base.float().numpy(),
                  "str": "abc"}[edit[1]]
         elif edit[0] == "hx_struct":
@@ -512,13 +517,27 @@ def _grads(module, res, args, seed, via):
     return torch.autograd.grad(outs, wrt, cots, allow_unused=True)
 
 
-def _upcast_call(module, args):
-    """A float32 copy of a bfloat16 module and of the arguments (bfloat16 tensors
-    upcast exactly, as leaves requiring grad where the originals do)."""
+def cpu_copy(args):
+    """``args`` with every tensor copied to the CPU (meta tensors kept), as
+    leaves requiring grad where the originals do: torch.nn's arguments when
+    lstm_ext runs on another device."""
+    def cpu(obj):
+        if isinstance(obj, (tuple, list)):
+            return type(obj)(cpu(o) for o in obj)
+        if isinstance(obj, torch.Tensor) and obj.device.type not in ("cpu", "meta"):
+            return obj.detach().cpu().requires_grad_(obj.requires_grad)
+        return obj
+    return cpu(args)
+
+
+def _upcast_call(module, args, dtype):
+    """A float32 copy of a ``dtype`` (low precision) module and of the arguments
+    (``dtype`` tensors upcast exactly, as leaves requiring grad where the
+    originals do)."""
     def up(obj):
         if isinstance(obj, (tuple, list)):
             return type(obj)(up(o) for o in obj)
-        if isinstance(obj, torch.Tensor) and obj.dtype == torch.bfloat16:
+        if isinstance(obj, torch.Tensor) and obj.dtype == dtype:
             return obj.detach().float().requires_grad_(obj.requires_grad)
         return obj
     return copy.deepcopy(module).float(), up(args)
@@ -590,21 +609,30 @@ def _assert_no_kernel_before_error(rec: OpRecorder):
     assert rec.lstm_ext_ops() == [], f"lstm_ext kernels ran before the error: {rec.lstm_ext_ops()}"
 
 
-def check_fuzz_case(case: FuzzCase) -> str:
-    """Runs one case on torch.nn and on lstm_ext; -> the outcome's label."""
-    ref, ext, args = materialize(case)
+def check_fuzz_case(case: FuzzCase, device: str = "cpu") -> str:
+    """Runs one case on torch.nn (on the CPU) and on lstm_ext (on ``device``);
+    -> the outcome's label."""
+    ref, ext, args = materialize(case, device)
     before = _snapshot(args)
     rec = OpRecorder()
     with rec:
         ext_res, ext_exc = _call(lambda: ext(*args))
     _assert_unchanged(args, before, "lstm_ext")
+    if device != "cpu" and any(t.device.type != device for t in _tensors_of(args)):
+        # A "meta" edit left a tensor on the CPU: torch.nn raises RuntimeError
+        # for inputs and states on another device than the module.
+        assert isinstance(ext_exc, RuntimeError) and str(ext_exc).strip(), (
+            f"a CPU tensor with a {device} module: expected a RuntimeError, lstm_ext gave {ext_exc!r}")
+        _assert_no_kernel_before_error(rec)
+        return "raised (device mismatch)"
+    ref_args = args if device == "cpu" else cpu_copy(args)
     if torch_nn_may_crash(case, args):
         assert isinstance(ext_exc, RuntimeError) and str(ext_exc).strip(), (
             f"expected a RuntimeError (1-D input, a 2-D state), lstm_ext gave {ext_exc!r}")
         _assert_no_kernel_before_error(rec)
         return "raised (torch.nn not called: it may crash)"
     with single_threaded():
-        ref_res, ref_exc = _call(lambda: ref(*args))
+        ref_res, ref_exc = _call(lambda: ref(*ref_args))
 
     if ref_exc is None and ext_exc is not None:
         lax = torch_nn_accepts_bad_input(case, args, ext_exc)
@@ -612,7 +640,7 @@ def check_fuzz_case(case: FuzzCase) -> str:
             return lax
         # Documented difference (README, "dtypes"): lstm_ext refuses float16
         # on the CPU with a clear error, where torch.nn computes in float16.
-        if case.dtype == "float16":
+        if case.dtype == "float16" and device == "cpu":
             assert isinstance(ext_exc, (TypeError, ValueError, RuntimeError, NotImplementedError)), repr(ext_exc)
             assert "float16" in str(ext_exc) or "Half" in str(ext_exc), str(ext_exc)
             return "float16-refused (documented)"
@@ -635,18 +663,21 @@ def check_fuzz_case(case: FuzzCase) -> str:
         assert (a.shape, a.dtype, a.device) == (e.shape, e.dtype, e.device), (i, a, e)
     if any(t.device.type == "meta" for t in _tensors_of(ext_res)):
         return "returned (meta)"
-    oracle, oracle_args, oracle_res = ref, args, ref_res
-    if case.dtype == "bfloat16":
-        oracle, oracle_args = _upcast_call(ref, args)
+    oracle, oracle_args, oracle_res = ref, ref_args, ref_res
+    low_precision = case.dtype in ("bfloat16", "float16")
+    if low_precision:
+        # float16 only reaches here on CUDA (the CPU refuses it, above).
+        oracle, oracle_args = _upcast_call(ref, ref_args, DTYPES[case.dtype])
         with single_threaded():
             oracle_res = oracle(*oracle_args)
     otol, gtol = result_tols(DTYPES[case.dtype])
     for i, (a, e) in enumerate(zip(_tensors_of(ext_res), _tensors_of(oracle_res))):
-        _compare(a.to(e.dtype), e, otol, f"output {i}")
-    # relu in bfloat16: a pre-activation within rounding of 0 may switch a unit's
-    # derivative between 0 and 1, in lstm_ext's rounding of h_t as in torch.nn's;
-    # the gradients are not comparable (tests/test_bf16.py measures them).
-    relu_bf16 = case.dtype == "bfloat16" and case.nonlinearity == "relu"
+        _compare(a.cpu().to(e.dtype), e, otol, f"output {i}")
+    # relu in bfloat16 / float16: a pre-activation within rounding of 0 may
+    # switch a unit's derivative between 0 and 1, in lstm_ext's rounding of h_t
+    # as in torch.nn's; the gradients are not comparable (tests/test_bf16.py
+    # measures them).
+    relu_bf16 = low_precision and case.nonlinearity == "relu"
     via = DTYPES[case.dtype]
     with single_threaded():
         exp_g = _grads(oracle, oracle_res, oracle_args, case.seed, via)
@@ -663,5 +694,5 @@ def check_fuzz_case(case: FuzzCase) -> str:
             continue
         assert a.shape == e.shape, (f"grad {i}", a.shape, e.shape)
         if not relu_bf16:
-            _compare(a.to(e.dtype), e, gtol, f"grad {i}")
+            _compare(a.cpu().to(e.dtype), e, gtol, f"grad {i}")
     return "returned, relu bf16: grads unchecked" if relu_bf16 else "returned"

@@ -1,9 +1,11 @@
 """Comparison helpers shared by the test modules (not a conftest: import it)."""
+import copy
 import re
 
 import pytest
 import torch
 
+from torch.nn.utils.rnn import PackedSequence
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from lstm_ext.ops import SUPPORTED_DEVICE_TYPES
@@ -78,14 +80,15 @@ def copy_params(src, dst):
     return dst
 
 
-def forward_backward(module, x, hx=None, grad_seed=1234):
+def forward_backward(module, x, hx=None, grad_seed=1234, cot_dtype=None):
     """Run ``module(x, hx)`` and backprop random cotangents into every output.
 
     Returns (outputs, grads): outputs is a dict with "out" and, for LSTM, "h_n"
     and "c_n" (for LSTMCell: "h", "c"); grads maps "input", "h0", "c0" (when hx
     is given) and every parameter name to its gradient.  The random cotangents
-    depend only on ``grad_seed`` and the output shapes, so two modules given the
-    same inputs get the same cotangents.
+    depend only on ``grad_seed``, the output shapes and ``cot_dtype`` (the dtype
+    they are drawn in, then cast to each output's dtype; default: the output's
+    dtype), so two modules given the same inputs get the same cotangents.
     """
     leaves = {"input": x}
     if hx is not None:
@@ -98,7 +101,8 @@ def forward_backward(module, x, hx=None, grad_seed=1234):
     else:  # LSTMCell: (h, c)
         outs = {"h": res[0], "c": res[1]}
     g = torch.Generator(device="cpu").manual_seed(grad_seed)
-    cot = [torch.randn(o.shape, generator=g, dtype=o.dtype).to(o.device) for o in outs.values()]
+    cot = [torch.randn(o.shape, generator=g, dtype=cot_dtype or o.dtype).to(device=o.device, dtype=o.dtype)
+           for o in outs.values()]
     params = dict(module.named_parameters())
     names = list(leaves) + list(params)
     tensors = list(leaves.values()) + list(params.values())
@@ -167,6 +171,77 @@ def module_pair(ref_cls, ext_cls, *args, device="cpu", dtype=torch.float32, **kw
     return ref, copy_params(ref, ext)
 
 
+# --- a reference where cuDNN refuses the call ------------------------------------
+# torch.nn on CUDA runs cuDNN, which refuses some calls lstm_ext accepts: a
+# non-contiguous hx ("rnn: hx is not contiguous") and backward in eval mode
+# ("cudnn RNN backward can only be called in training mode"). Accepting them is
+# a feature of lstm_ext; a test that exercises one compares lstm_ext (still run
+# on the refused input) against torch.nn on the CPU in float64 instead.
+
+def cudnn_refuses(module, hx=None, backward=True):
+    """Whether torch.nn's ``module`` running on cuDNN refuses a call with
+    initial states ``hx`` (a tensor, a pair, or None), followed by a backward
+    when ``backward``: cuDNN is in use (a CUDA module, cuDNN enabled and
+    available) and hx is not contiguous, or the backward comes in eval mode.
+    False on the CPU, where torch.nn accepts both."""
+    if not torch.backends.cudnn.is_acceptable(next(module.parameters()).detach()):
+        return False
+    states = () if hx is None else (tuple(hx) if isinstance(hx, (tuple, list)) else (hx,))
+    return any(not s.is_contiguous() for s in states) or (backward and not module.training)
+
+
+def _to_float64_cpu(obj):
+    """``obj`` with every tensor copied to the CPU, floating ones as float64
+    leaves that keep their requires_grad flag (tuples, lists, dicts recursed)."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().to("cpu", torch.float64 if obj.is_floating_point() else obj.dtype, copy=True)
+        return t.requires_grad_(obj.requires_grad)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_to_float64_cpu(v) for v in obj)
+    if isinstance(obj, dict):
+        return {k: _to_float64_cpu(v) for k, v in obj.items()}
+    return obj
+
+
+def _to_device_dtype(obj, device, dtype):
+    """``obj`` with every tensor detached and moved to ``device``, floating ones
+    cast to ``dtype``; a PackedSequence keeps its batch_sizes on the CPU."""
+    if isinstance(obj, PackedSequence):
+        conv = lambda t: None if t is None else _to_device_dtype(t, device, dtype)  # noqa: E731
+        return PackedSequence(conv(obj.data), obj.batch_sizes, conv(obj.sorted_indices),
+                              conv(obj.unsorted_indices))
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach()
+        return t.to(device, dtype) if t.is_floating_point() else t.to(device)
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a namedtuple
+        return type(obj)(*(_to_device_dtype(v, device, dtype) for v in obj))
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_to_device_dtype(v, device, dtype) for v in obj)
+    if isinstance(obj, dict):
+        return {k: _to_device_dtype(v, device, dtype) for k, v in obj.items()}
+    return obj
+
+
+def float64_cpu_reference(run, module, *args, **kwargs):
+    """``run(module, *args, **kwargs)`` computed by torch.nn on the CPU in
+    float64, for the calls cuDNN refuses (see cudnn_refuses).
+
+    ``module`` (a torch.nn module) is copied to a float64 CPU twin with the same
+    (upcast) parameters and training flag, every tensor in ``args``/``kwargs``
+    to a float64 CPU leaf (requires_grad kept), and ``run`` is called on those
+    with ``cot_dtype`` set to the module's dtype: ``run`` draws its random
+    cotangents in that dtype (forward_backward, backprop), so they equal the
+    ones the run under test drew. Every tensor of the result comes back
+    detached on the module's device, floating ones in the module's dtype, ready
+    for the comparison at that dtype's tolerances.
+    """
+    p = next(module.parameters())
+    device, dtype = p.device, p.dtype
+    twin = copy.deepcopy(module).to(device="cpu", dtype=torch.float64)
+    result = run(twin, *_to_float64_cpu(args), cot_dtype=dtype, **_to_float64_cpu(kwargs))
+    return _to_device_dtype(result, device, dtype)
+
+
 def assert_flatten_parameters_harmless(ext, x):
     """flatten_parameters() is a no-op that keeps the parameters (same objects,
     same values, same outputs), and training still updates what forward uses."""
@@ -183,11 +258,13 @@ def assert_flatten_parameters_harmless(ext, x):
     assert not torch.allclose(ext(x)[0], y0)
 
 
-def backprop(outs, wrt, seed=1234):
+def backprop(outs, wrt, seed=1234, cot_dtype=None):
     """Gradients of sum_k <cot_k, outs[k]> w.r.t. every tensor in ``wrt`` (dicts);
-    the cotangents depend only on ``seed`` and the output shapes."""
+    the cotangents depend only on ``seed``, the output shapes and ``cot_dtype``
+    (as in forward_backward)."""
     g = torch.Generator().manual_seed(seed)
-    cots = [torch.randn(o.shape, generator=g, dtype=o.dtype).to(o.device) for o in outs.values()]
+    cots = [torch.randn(o.shape, generator=g, dtype=cot_dtype or o.dtype).to(device=o.device, dtype=o.dtype)
+            for o in outs.values()]
     grads = torch.autograd.grad(list(outs.values()), list(wrt.values()), cots, allow_unused=True)
     for name, gr in zip(wrt, grads):
         assert gr is not None, f"no gradient reached {name}"

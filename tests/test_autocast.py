@@ -2,7 +2,8 @@
 
 Inside ``torch.autocast(device, dtype)``, torch.nn's dense LSTM and RNN cast
 their float32 inputs, states and weights to ``dtype`` and return ``dtype``
-(on the CPU its packed and projected LSTMs and its cells stay float32).
+(on the CPU its packed and projected LSTMs and its cells stay float32; on
+CUDA under bfloat16 autocast, cuDNN's RNNs compute and return float16).
 lstm_ext's layers and cells always do (lstm_ext/_autograd.py,
 autocast_inputs), with float32 accumulation and a float32 cell state.
 Gradients reach the float32 parameters in float32. Errors are measured
@@ -102,13 +103,35 @@ def test_rnn(device, dtype, nonlinearity):
                               _states(device, 1, 1, B, H), input_size=I, hidden_size=H, nonlinearity=nonlinearity)
 
 
+# Ours under autocast against a float32 run without it: a few roundings of the
+# 8-bit (bfloat16) or 11-bit (float16) mantissa; the observed error is ~3e-3.
+LOW_VS_F32 = dict(atol=1e-2, rtol=1e-2)
+
+
 @pytest.mark.parametrize("device,dtype", CASES)
 def test_dense_lstm_returns_what_torch_nn_returns_under_autocast(device, dtype):
+    """Our dense LSTM returns the autocast dtype (output, h_n and c_n), with
+    values close to a float32 run; where torch.nn returns the autocast dtype
+    too, the dtypes are torch.nn's and the values close to torch.nn's."""
     torch_module, ours = module_pair(nn.LSTM, lstm_ext.LSTM, I, H, num_layers=2, device=device)
     x = torch.randn(T, B, I, device=device)
     with torch.autocast(device, dtype=dtype):
         want, got = torch_module(x), ours(x)
-    assert [got[0].dtype, *(t.dtype for t in got[1])] == [want[0].dtype, *(t.dtype for t in want[1])] == [dtype] * 3
+    reference = torch_module(x)  # float32, no autocast
+    got_dtypes = [got[0].dtype, *(t.dtype for t in got[1])]
+    assert got_dtypes == [dtype] * 3
+    for name, g, r in zip(("output", "h_n", "c_n"), (got[0], *got[1]), (reference[0], *reference[1])):
+        assert r.dtype == torch.float32
+        torch.testing.assert_close(g.float(), r, **LOW_VS_F32, msg=lambda m: f"{name} vs float32: {m}")
+    if device == "cuda" and dtype == torch.bfloat16:
+        # torch.nn on CUDA returns float16 here, not bfloat16 (seen with torch
+        # 2.11 and cuDNN 9.19): its cuDNN RNN autocast wrapper casts to half
+        # whatever the autocast dtype. Ours returns the autocast dtype, as
+        # autocast promises, so torch.nn's dtype is no reference in this case
+        # (nor asserted, in case a later torch fixes it); the float32 run above
+        # is the reference for the values.
+        return
+    assert [want[0].dtype, *(t.dtype for t in want[1])] == got_dtypes
     torch.testing.assert_close(got[0].float(), want[0].float(), atol=3e-2, rtol=3e-2)
 
 

@@ -237,6 +237,7 @@ def test_return_all_states_bf16_and_differentiable():
 def test_training_step_with_optimizer():
     """A few Adam steps of a bfloat16 model: ours tracks a float32 run from the
     same weights at least about as well as torch.nn's bfloat16 model does."""
+    lr = 1e-2
 
     def train(module, steps=4):
         dtype = next(module.parameters()).dtype
@@ -244,7 +245,7 @@ def test_training_step_with_optimizer():
         with torch.no_grad():
             head.weight.copy_(torch.linspace(-1, 1, H).to(dtype))
             head.bias.zero_()
-        opt = torch.optim.Adam(list(module.parameters()) + list(head.parameters()), lr=1e-2)
+        opt = torch.optim.Adam(list(module.parameters()) + list(head.parameters()), lr=lr)
         gen = torch.Generator().manual_seed(5)
         losses = []
         for _ in range(steps):
@@ -266,10 +267,18 @@ def test_training_step_with_optimizer():
     err_torch = max(abs(a - r) for a, r in zip(loss_torch, loss_ref))
     err_ours = max(abs(a - r) for a, r in zip(loss_ours, loss_ref))
     assert err_ours <= FACTOR * err_torch + FLOOR * max(loss_ref), (err_ours, err_torch)
+    # Adam moves every element by about lr per step whatever its gradient's
+    # size, so an element whose gradient is within rounding of 0 moves +lr or
+    # -lr by the sign of that rounding: the largest element error measures
+    # sign luck (torch 2.11's own bfloat16 run has one weight_hh element off by
+    # 2 lr, ours one weight_ih element). The mean error measures the tracking;
+    # the largest is only bounded by that worst case.
+    lr_steps = lr * len(loss_ref)
     for k, r in params_ref.items():
-        e_t = (params_torch[k] - r).abs().max().item()
-        e_o = (params_ours[k] - r).abs().max().item()
+        e_t = (params_torch[k] - r).abs().mean().item()
+        e_o = (params_ours[k] - r).abs().mean().item()
         assert e_o <= FACTOR * e_t + FLOOR * r.abs().max().item(), (k, e_o, e_t)
+        assert (params_ours[k] - r).abs().max().item() <= 2 * lr_steps, k
 
 
 def test_compile_fullgraph_bf16():

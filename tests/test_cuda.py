@@ -336,7 +336,22 @@ def test_forced_persistent_path_refuses_what_it_cannot_run(persistent):
         lstm_ext.cuda_path(1, 16384)  # a 4 x 16384 x U slice per block cannot fit
 
 
+def test_forced_persistent_refusal_comes_before_any_allocation(persistent):
+    # The path is chosen right after the argument checks: a refused call has
+    # allocated nothing and launched nothing (on the old order it ran the
+    # input-projection GEMM first).
+    G = 4 * H
+    args = [_randn(T, B, I, dtype=torch.float64), _randn(G, I, dtype=torch.float64),
+            _randn(G, H, dtype=torch.float64), _randn(G, dtype=torch.float64),
+            _randn(B, H, dtype=torch.float64), _randn(B, H, dtype=torch.float64)]
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_stats()["allocation.all.allocated"]
+    with pytest.raises(RuntimeError, match=r"LSTM_EXT_CUDA_PATH=persistent.*float64"):
+        torch.ops.lstm_ext.lstm_forward(*args, False, True)
+    assert torch.cuda.memory_stats()["allocation.all.allocated"] == before
+
+
 def test_invalid_path_setting_raises(monkeypatch):
     monkeypatch.setenv("LSTM_EXT_CUDA_PATH", "fast")
-    with pytest.raises(RuntimeError, match=r"LSTM_EXT_CUDA_PATH: expected auto, standard or persistent, got 'fast'"):
+    with pytest.raises(RuntimeError, match=r"LSTM_EXT_CUDA_PATH: expected auto, standard, persistent or tensorcore \(experimental\), got 'fast'"):
         lstm_ext.LSTM(I, H, device="cuda")(_randn(T, B, I))
