@@ -65,6 +65,64 @@ def _cpu_isa_flags() -> list:
     return ["-DCPU_CAPABILITY=DEFAULT"]
 
 
+def _cublas():
+    """(include dirs, link args) for cuBLAS, which the binding's float32 GEMMs
+    call directly (csrc/cuda_binding/gemm.h, through torch's
+    ATen/cuda/CUDAContext.h, which also wants the cuSPARSE, cuBLASLt and
+    cuSOLVER headers).
+
+    A full CUDA toolkit has all of them. A minimal one (nvcc and the runtime
+    only, as on some build machines) has none; a pip-installed CUDA torch then
+    brings them in its nvidia wheels (nvidia/cu13 for CUDA 13, nvidia/cublas and
+    siblings for CUDA 12), with the very libcublas torch loads. The headers the
+    toolkit lacks are linked from the wheel into build/cuda_wheel_include, so the
+    wheel's copies of the runtime headers never shadow the toolkit's (nvcc must
+    see its own).
+    """
+    import importlib.util
+
+    home = cpp_extension.CUDA_HOME or ""
+    toolkit_include = os.path.join(home, "include")
+    wanted = ("cublas_v2.h", "cublasLt.h", "cusparse.h", "cusolverDn.h")
+    toolkit_has = all(os.path.exists(os.path.join(toolkit_include, h)) for h in wanted)
+    toolkit_lib = glob.glob(os.path.join(home, "lib64", "libcublas.so*"))
+    if toolkit_has and toolkit_lib:
+        return [], ["-lcublas"]
+    wheel_includes, wheel_lib = [], None
+    for name in ("nvidia.cu13", "nvidia.cublas", "nvidia.cusparse", "nvidia.cusolver"):
+        try:
+            spec = importlib.util.find_spec(name)
+        except ModuleNotFoundError:
+            spec = None
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        root = list(spec.submodule_search_locations)[0]
+        if os.path.isdir(os.path.join(root, "include")):
+            wheel_includes.append(os.path.join(root, "include"))
+        libs = sorted(glob.glob(os.path.join(root, "lib", "libcublas.so.*")))
+        if libs and wheel_lib is None:
+            wheel_lib = libs[0]
+    have = lambda h: os.path.exists(os.path.join(toolkit_include, h)) or any(
+        os.path.exists(os.path.join(d, h)) for d in wheel_includes)
+    if not all(have(h) for h in wanted) or not (toolkit_lib or wheel_lib):
+        raise RuntimeError(
+            "lstm_ext: building with CUDA needs cuBLAS (cublas_v2.h, libcublas) and the cuSPARSE, "
+            f"cuBLASLt and cuSOLVER headers; found them neither under CUDA_HOME={home or '(unset)'} "
+            "nor in the nvidia pip wheels. Install the CUDA toolkit's math libraries, or build the "
+            "CPU extension with USE_CUDA=0"
+        )
+    links = os.path.join(ROOT, "build", "cuda_wheel_include")
+    os.makedirs(links, exist_ok=True)
+    for d in wheel_includes:
+        for entry in sorted(os.listdir(d)):
+            dst = os.path.join(links, entry)
+            if os.path.exists(os.path.join(toolkit_include, entry)) or os.path.lexists(dst):
+                continue
+            os.symlink(os.path.join(d, entry), dst)
+    link = ["-lcublas"] if toolkit_lib else [f"-L{os.path.dirname(wheel_lib)}", f"-l:{os.path.basename(wheel_lib)}"]
+    return [links], link
+
+
 def _extension():
     sources = sorted(
         glob.glob(os.path.join("csrc", "*.cpp"))
@@ -91,13 +149,14 @@ def _extension():
     if _cuda_requested() and not cuda_sources:
         print("lstm_ext: CUDA requested but csrc/cuda has no sources yet: building the CPU extension")
     if _cuda_requested() and cuda_sources:
+        cublas_include, cublas_link = _cublas()
         return cpp_extension.CUDAExtension(
             "lstm_ext._C",
             sources + cuda_sources,
-            include_dirs=[os.path.join(ROOT, "csrc")],
+            include_dirs=[os.path.join(ROOT, "csrc")] + cublas_include,
             define_macros=[("LSTM_EXT_WITH_CUDA", "1")],
             extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-std=c++17"]},
-            extra_link_args=extra_link,
+            extra_link_args=extra_link + cublas_link,
         )
     return cpp_extension.CppExtension(
         "lstm_ext._C",

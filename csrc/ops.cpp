@@ -115,4 +115,19 @@ TORCH_LIBRARY(lstm_ext, m) {
   m.def(
       "cuda_lstm_path(int batch, int hidden, ScalarType dtype, bool projected=False, "
       "bool backward=False, int device=-1) -> str");
+
+  // The layout the tensor-core persistent LSTM kernels (LSTM_EXT_CUDA_PATH=
+  // tensorcore, csrc/cuda/tensorcore.h) would use for this batch, hidden size
+  // and dtype on a device with `sms` multiprocessors and `smem_optin` bytes of
+  // opt-in shared memory per block, forward or backward: pure arithmetic
+  // (csrc/cuda/tensorcore_plan.h), no device needed, in every build, so the
+  // planner is tested on machines without a GPU. Returns whether it fits,
+  // blocks, units per block (U), the padded batch, rows per staged tile, the
+  // staged K chunk and their count, the warps splitting K, the bytes of the
+  // resident W_hh slice and of all shared memory per block, and, when it does
+  // not fit, why.
+  m.def(
+      "tensorcore_plan(int batch, int hidden, ScalarType dtype, bool backward, int sms, "
+      "int smem_optin) -> (bool fits, int blocks, int units, int batch_pad, int tile_rows, "
+      "int kchunk, int chunks, int ksplit, int weight_bytes, int smem_bytes, str why_not)");
 }

@@ -55,9 +55,13 @@ def cuda_path(batch: int, hidden: int, dtype: torch.dtype = torch.float32, *, pr
     per step), for ``batch`` rows (the widest step), ``hidden`` units, ``dtype``
     and ``proj_size``, in the forward (or the ``backward``), on ``device``
     (default: the current CUDA device). The environment variable
-    ``LSTM_EXT_CUDA_PATH=auto|standard|persistent`` steers the choice; with
-    ``persistent`` a configuration that cannot run it raises, here as in the
-    layer."""
+    ``LSTM_EXT_CUDA_PATH=auto|standard|persistent|tensorcore`` steers the
+    choice; with ``persistent`` or ``tensorcore`` a configuration that cannot
+    run it raises, here as in the layer. ``tensorcore`` (``"tensorcore
+    (...)"``: the persistent kernel with the recurrent product on the tensor
+    cores, float16, bfloat16, and float32 as TF32 while
+    ``torch.backends.cudnn.allow_tf32`` allows it) is experimental: ``auto``
+    never picks it."""
     if "cuda" not in SUPPORTED_DEVICE_TYPES:
         raise RuntimeError(
             "lstm_ext.cuda_path: this build of lstm_ext has no CUDA kernels (it supports: "

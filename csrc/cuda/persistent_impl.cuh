@@ -17,33 +17,27 @@
 #include <cooperative_groups.h>
 #include <cuda_runtime.h>
 
+#include "cuda/cooperative_launch.cuh"
 #include "cuda/kernels_impl.cuh"
 #include "cuda/persistent.h"
+#include "cuda/persistent_cell.cuh"
 
 namespace lstm_ext::cuda {
 namespace persistent_detail {
 
 namespace cg = cooperative_groups;
 using detail::cast_to;
-using detail::sigmoid;
+using persistent_cell::first_row;
+using persistent_cell::lstm_unit_backward;
+using persistent_cell::lstm_unit_forward;
+using persistent_cell::step_at;
+using persistent_cell::to_float;
 
 constexpr int kRowGroup = 4;  // rows per warp work item (register tile)
 constexpr int kColGroup = 8;  // matrix rows per warp work item
 
 __host__ __device__ inline size_t align16(size_t n) { return (n + 15) / 16 * 16; }
 
-template <typename T>
-__device__ __forceinline__ float to_float(T v) {
-  return static_cast<float>(v);
-}
-template <>
-__device__ __forceinline__ float to_float<__half>(__half v) {
-  return __half2float(v);
-}
-template <>
-__device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) {
-  return __bfloat162float(v);
-}
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -110,21 +104,12 @@ __device__ Smem carve(unsigned char* base, int64_t B, int64_t H, int U, int tile
   return s;
 }
 
-__device__ __forceinline__ int64_t step_at(int64_t T, int64_t s, bool reverse) {
-  return reverse ? T - 1 - s : s;
-}
-
-// First row of step t: offsets[t], or t*B for dense input (offsets null).
-__device__ __forceinline__ int64_t first_row(const int64_t* offsets, int64_t t, int64_t B) {
-  return offsets ? offsets[t] : t * B;
-}
-
 template <typename T>
 __global__ void __launch_bounds__(kPersistentThreads)
     forward_kernel(PersistentForward<T> a, int U, int tile_rows) {
   extern __shared__ __align__(16) unsigned char smem_base[];
   cg::grid_group grid = cg::this_grid();
-  const int64_t T_steps = a.T_steps, B = a.B, H = a.H, G = 4 * H;
+  const int64_t T_steps = a.T_steps, B = a.B, H = a.H;
   const int64_t u0 = static_cast<int64_t>(blockIdx.x) * U;
   const int units = static_cast<int>(H - u0 < U ? H - u0 : U);
   const int Q = 4 * U;
@@ -157,26 +142,10 @@ __global__ void __launch_bounds__(kPersistentThreads)
       __syncthreads();
       for (int64_t e = threadIdx.x; e < nr * units; e += blockDim.x) {
         const int64_t r = e / units, u = e - r * units, row = r0 + r, j = u0 + u, n = base + row;
-        float pre[4];
+        float rec[4];
 #pragma unroll
-        for (int g = 0; g < 4; ++g) {
-          pre[g] = sm.partial[r * Q + g * U + u] + to_float(a.proj[n * G + g * H + j]) +
-                   (a.bias ? static_cast<float>(a.bias[g * H + j]) : 0.f);
-        }
-        const float i = sigmoid(pre[0]), f = sigmoid(pre[1]), gg = tanhf(pre[2]),
-                    o = sigmoid(pre[3]);
-        const float cn = f * c[row * U + u] + i * gg;
-        const T h = cast_to<T>(o * tanhf(cn));
-        c[row * U + u] = cn;
-        a.y[n * H + j] = h;
-        h_next[row * H + j] = h;
-        if (a.gates) {
-          a.gates[n * G + j] = i;
-          a.gates[n * G + H + j] = f;
-          a.gates[n * G + 2 * H + j] = gg;
-          a.gates[n * G + 3 * H + j] = o;
-        }
-        if (a.cells) a.cells[n * H + j] = cn;
+        for (int g = 0; g < 4; ++g) rec[g] = sm.partial[r * Q + g * U + u];
+        lstm_unit_forward(a, rec, n, row, j, H, c[row * U + u], h_next);
       }
       __syncthreads();
     }
@@ -258,22 +227,7 @@ __global__ void __launch_bounds__(kPersistentThreads)
     const int64_t prev_rows = has_prev ? first_row(a.offsets, tf + 1, B) - prev_base : 0;
     for (int64_t e = threadIdx.x; e < rows * units; e += blockDim.x) {
       const int64_t row = e / units, u = e - row * units, j = u0 + u, n = base + row;
-      const float i = a.gates[n * G + j], f = a.gates[n * G + H + j],
-                  gg = a.gates[n * G + 2 * H + j], o = a.gates[n * G + 3 * H + j];
-      const float cell = a.cells[n * H + j];
-      const float c_prev = row < prev_rows ? static_cast<float>(a.cells[(prev_base + row) * H + j])
-                                           : static_cast<float>(a.c0[row * H + j]);
-      float dht = dh[row * U + u];
-      if (a.grad_y) dht += to_float(a.grad_y[n * H + j]);
-      float dct = dc[row * U + u];
-      if (a.grad_cells) dct += static_cast<float>(a.grad_cells[n * H + j]);
-      const float tc = tanhf(cell);
-      dct += dht * o * (1.f - tc * tc);
-      a.dgates[n * G + j] = cast_to<T>(dct * gg * i * (1.f - i));
-      a.dgates[n * G + H + j] = cast_to<T>(dct * c_prev * f * (1.f - f));
-      a.dgates[n * G + 2 * H + j] = cast_to<T>(dct * i * (1.f - gg * gg));
-      a.dgates[n * G + 3 * H + j] = cast_to<T>(dht * tc * o * (1.f - o));
-      dc[row * U + u] = dct * f;
+      lstm_unit_backward(a, n, row, j, H, prev_base, prev_rows, dh[row * U + u], dc[row * U + u]);
     }
     grid.sync();
   }
@@ -296,14 +250,11 @@ __global__ void __launch_bounds__(kPersistentThreads)
 template <typename Args>
 cudaError_t launch_cooperative(void (*kernel)(Args, int, int), const Args& args_in,
                                const PersistentPlan& plan, cudaStream_t stream) {
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(plan.smem_limit));
-  if (err != cudaSuccess) return err;
   Args args = args_in;
   int U = plan.units, tile_rows = plan.tile_rows;
   void* params[] = {&args, &U, &tile_rows};
-  return cudaLaunchCooperativeKernel(reinterpret_cast<const void*>(kernel), dim3(plan.blocks),
-                                     dim3(kPersistentThreads), params, plan.smem_bytes, stream);
+  return cooperative::launch(reinterpret_cast<const void*>(kernel), plan.blocks, kPersistentThreads,
+                             params, plan.smem_limit, plan.smem_bytes, stream);
 }
 
 }  // namespace persistent_detail
@@ -324,18 +275,10 @@ cudaError_t persistent_lstm_backward(const PersistentBackward<T>& a, const Persi
 
 template <typename T>
 cudaError_t persistent_lstm_fits(const PersistentPlan& plan, bool backward, int sms, bool* fits) {
-  *fits = false;
   const void* kernel = backward ? reinterpret_cast<const void*>(persistent_detail::backward_kernel<T>)
                                 : reinterpret_cast<const void*>(persistent_detail::forward_kernel<T>);
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(plan.smem_limit));
-  if (err != cudaSuccess) return err;
-  int per_sm = 0;
-  err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kPersistentThreads,
-                                                      plan.smem_bytes);
-  if (err != cudaSuccess) return err;
-  *fits = static_cast<int64_t>(per_sm) * sms >= plan.blocks;
-  return cudaSuccess;
+  return cooperative::fits(kernel, kPersistentThreads, plan.smem_limit, plan.smem_bytes,
+                           plan.blocks, sms, fits);
 }
 
 }  // namespace lstm_ext::cuda

@@ -1,6 +1,12 @@
-// CUDA binding of the LSTM ops: validation, buffers and GEMMs (ATen, so
-// cuBLAS on the current stream), and the torch-free step kernels of
-// csrc/cuda/kernels.h.
+// CUDA binding of the LSTM ops: validation, buffers, GEMMs (cuBLAS on the
+// current stream, through cuda_binding/gemm.h) and the torch-free step
+// kernels of csrc/cuda/kernels.h.
+//
+// float32 GEMMs follow torch.backends.cudnn.allow_tf32 (TF32 when it is on,
+// the default), as torch.nn.LSTM does on cuDNN; turn it off for strict fp32.
+// The SIMT persistent kernels compute in strict fp32 either way; the
+// tensor-core ones (LSTM_EXT_CUDA_PATH=tensorcore, experimental) run float32
+// as TF32 and are only chosen while that flag allows TF32.
 //
 // Forward: one GEMM projects every step's input (x W_ih^T, [N,4H]); then per
 // step one GEMM (h_{t-1} W_hh^T) and one fused elementwise kernel that adds
@@ -26,8 +32,10 @@
 #include "compute_dtype.h"
 #include "cuda/kernels.h"
 #include "cuda/persistent.h"
-#include "cuda_binding/lstm_path.h"
+#include "cuda/tensorcore.h"
 #include "cuda_binding/cuda_tensors.h"
+#include "cuda_binding/gemm.h"
+#include "cuda_binding/lstm_path.h"
 #include "step_layout.h"
 #include "tensor_args.h"
 
@@ -44,7 +52,7 @@ std::pair<Tensor, Tensor> standard_forward(const StepLayout& L, const LstmDims& 
                                            const Tensor& w_hh, const Tensor& w_hr,
                                            const Tensor& h0, const Tensor& c0, const Tensor& y2d,
                                            const Tensor& gates, const Tensor& cells, bool save,
-                                           const at::TensorOptions& copts) {
+                                           const at::TensorOptions& copts, GemmPrecision prec) {
   const int64_t B = d.seq.B, H = d.H, P = d.P, G = 4 * H;
   const auto opts = y2d.options();
   Tensor h_state = state_buffer(h0, {B, P}, opts);
@@ -57,7 +65,7 @@ std::pair<Tensor, Tensor> standard_forward(const StepLayout& L, const LstmDims& 
     for (int64_t s = 0; s < L.steps(); ++s) {
       const int64_t t = L.time_at(s, reverse), rows = L.rows(t), off = L.offset(t);
       Tensor rec_rows = row_block(rec, 0, rows);
-      at::mm_out(rec_rows, row_block(h_state, 0, rows), w_hh.t());
+      mm_out(rec_rows, row_block(h_state, 0, rows), w_hh.t(), prec);
       cuda::LstmStepForward<T> a{};
       a.rows = rows;
       a.H = H;
@@ -74,7 +82,7 @@ std::pair<Tensor, Tensor> standard_forward(const StepLayout& L, const LstmDims& 
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       if (d.projected) {
         Tensor y_rows = step_rows(y2d, L, t);
-        at::mm_out(y_rows, row_block(h_raw, 0, rows), w_hr.t());
+        mm_out(y_rows, row_block(h_raw, 0, rows), w_hr.t(), prec);
         row_block(h_state, 0, rows).copy_(y_rows);
       }
     }
@@ -95,8 +103,10 @@ Tensor step_offsets(const StepLayout& L, bool packed, const at::Device& device) 
   return host.to(device, /*non_blocking=*/true);
 }
 
-// The whole sequence in one cooperative launch (csrc/cuda/persistent.h).
-std::pair<Tensor, Tensor> persistent_forward(const cuda::PersistentPlan& plan,
+// The whole sequence in one cooperative launch: the SIMT persistent kernel
+// (csrc/cuda/persistent.h) or, when path.tensorcore, the tensor-core one
+// (csrc/cuda/tensorcore.h), which take the same arguments.
+std::pair<Tensor, Tensor> persistent_forward(const LstmPath& path,
                                              const StepLayout& L, const LstmDims& d, bool reverse,
                                              const Tensor& proj, const Tensor& bias_c,
                                              const Tensor& w_hh, const Tensor& h0,
@@ -130,7 +140,9 @@ std::pair<Tensor, Tensor> persistent_forward(const cuda::PersistentPlan& plan,
     a.gates = save ? ptr<C>(gates) : nullptr;
     a.cells = save ? ptr<C>(cells) : nullptr;
     a.h_buffers = ptr<T>(h_buffers);
-    C10_CUDA_CHECK(cuda::persistent_lstm_forward<T>(a, plan, current_stream()));
+    C10_CUDA_CHECK(path.tensorcore
+                       ? cuda::tensorcore_lstm_forward<T>(a, path.tc_plan, current_stream())
+                       : cuda::persistent_lstm_forward<T>(a, path.plan, current_stream()));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {h_n, c_n};
@@ -149,24 +161,26 @@ Outputs5 lstm_forward_cuda(const Tensor& x_in, const Tensor& w_ih_in, const Tens
   const Tensor w_hr = present(w_hr_in) ? w_hr_in->contiguous() : Tensor();
   const auto opts = x.options();
   const auto copts = opts.dtype(compute_dtype(x.scalar_type()));
+  // The path choice may refuse (LSTM_EXT_CUDA_PATH=persistent): before any work.
+  const LstmPath path =
+      choose_lstm_path(B, H, x.scalar_type(), d.projected, d.seq.packed, /*backward=*/false,
+                       x.get_device());
+  const GemmPrecision prec = rnn_gemm_precision(x.scalar_type());
 
-  const Tensor proj = at::mm(x.view({N, d.I}), w_ih.t());
+  const Tensor proj = mm(x.view({N, d.I}), w_ih.t(), prec);
   const Tensor bias_c = present(bias) ? bias->to(copts.dtype().toScalarType()).contiguous() : Tensor();
   Tensor y = at::empty(d.seq.shape(P), opts);
   const Tensor y2d = y.view({N, P});
   Tensor gates = save ? at::empty({N, G}, copts) : at::empty({0}, copts);
   Tensor cells = save ? at::empty({N, H}, copts) : at::empty({0}, copts);
-  const LstmPath path =
-      choose_lstm_path(B, H, x.scalar_type(), d.projected, d.seq.packed, /*backward=*/false,
-                       x.get_device());
   Tensor h_n, c_n;
-  if (path.persistent) {
+  if (path.persistent || path.tensorcore) {
     std::tie(h_n, c_n) =
-        persistent_forward(path.plan, L, d, reverse, proj, bias_c, w_hh, h0, c0, y2d, gates, cells,
+        persistent_forward(path, L, d, reverse, proj, bias_c, w_hh, h0, c0, y2d, gates, cells,
                            save, copts);
   } else {
     std::tie(h_n, c_n) = standard_forward(L, d, reverse, proj, bias_c, w_hh, w_hr, h0, c0, y2d,
-                                          gates, cells, save, copts);
+                                          gates, cells, save, copts, prec);
   }
   return {y, h_n, to_storage(c_n, x_in), save ? gates.view(d.seq.shape(G)) : gates,
           save ? cells.view(d.seq.shape(H)) : cells};
@@ -180,6 +194,7 @@ struct BackwardInputs {
   Tensor gates, cells, c0c, w_hh, w_hr, grad_y, grad_cells;  // grad_y [N,P], may be undefined
   OptTensor grad_h_n, grad_c_n;
   at::TensorOptions opts, copts;
+  GemmPrecision prec;
 };
 
 // What the recurrence leaves for the GEMMs after it: dgates [N,4H] is filled;
@@ -236,7 +251,7 @@ BackwardState standard_backward(const BackwardInputs& in, Tensor& dgates) {
           grad_h_t.copy_(grad_h_rows);
         }
         Tensor grad_h_raw_rows = row_block(grad_h_raw, 0, rows);
-        at::mm_out(grad_h_raw_rows, grad_h_t, in.w_hr);
+        mm_out(grad_h_raw_rows, grad_h_t, in.w_hr, in.prec);
         a.grad_h = ptr<T>(grad_h_raw);
         a.grad_y = nullptr;
       } else {
@@ -245,7 +260,7 @@ BackwardState standard_backward(const BackwardInputs& in, Tensor& dgates) {
       }
       cuda::lstm_step_backward<T>(a, stream);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      at::mm_out(grad_h_rows, step_rows(dgates, L, t), in.w_hh);
+      mm_out(grad_h_rows, step_rows(dgates, L, t), in.w_hh, in.prec);
     }
   });
   out.grad_h0 = grad_h;
@@ -253,8 +268,9 @@ BackwardState standard_backward(const BackwardInputs& in, Tensor& dgates) {
   return out;
 }
 
-// The whole backward recurrence in one cooperative launch (no projection).
-BackwardState persistent_backward(const cuda::PersistentPlan& plan, const BackwardInputs& in,
+// The whole backward recurrence in one cooperative launch (no projection):
+// SIMT persistent, or tensor-core when path.tensorcore.
+BackwardState persistent_backward(const LstmPath& path, const BackwardInputs& in,
                                   Tensor& dgates) {
   const int64_t B = in.d.seq.B, H = in.d.H;
   BackwardState out;
@@ -284,7 +300,9 @@ BackwardState persistent_backward(const cuda::PersistentPlan& plan, const Backwa
     a.dgates = ptr<T>(dgates);
     a.grad_h0 = ptr<T>(out.grad_h0);
     a.grad_c0 = ptr<C>(out.grad_c0);
-    C10_CUDA_CHECK(cuda::persistent_lstm_backward<T>(a, plan, current_stream()));
+    C10_CUDA_CHECK(path.tensorcore
+                       ? cuda::tensorcore_lstm_backward<T>(a, path.tc_plan, current_stream())
+                       : cuda::persistent_lstm_backward<T>(a, path.plan, current_stream()));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return out;
@@ -303,6 +321,11 @@ Grads7 lstm_backward_cuda(const OptTensor& grad_y_in, const OptTensor& grad_h_n,
   const c10::cuda::CUDAGuard guard(x_in.device());
   const StepLayout L = make_step_layout(d.seq, batch_sizes);
   const int64_t N = d.seq.N, B = d.seq.B, H = d.H, P = d.P, G = 4 * H;
+  // The path choice may refuse (LSTM_EXT_CUDA_PATH=persistent): before any work.
+  const LstmPath path =
+      choose_lstm_path(B, H, x_in.scalar_type(), d.projected, d.seq.packed, /*backward=*/true,
+                       x_in.get_device());
+  const GemmPrecision prec = rnn_gemm_precision(x_in.scalar_type());
   const Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous();
   const auto opts = x.options();
   const auto copts = opts.dtype(compute_dtype(x.scalar_type()));
@@ -320,23 +343,23 @@ Grads7 lstm_backward_cuda(const OptTensor& grad_y_in, const OptTensor& grad_h_n,
       grad_h_n,
       grad_c_n,
       opts,
-      copts};
+      copts,
+      prec};
 
   Tensor dgates = at::empty({N, G}, opts);
-  const LstmPath path =
-      choose_lstm_path(B, H, x.scalar_type(), d.projected, d.seq.packed, /*backward=*/true,
-                       x.get_device());
   const BackwardState st =
-      path.persistent ? persistent_backward(path.plan, in, dgates) : standard_backward(in, dgates);
+      path.persistent || path.tensorcore ? persistent_backward(path, in, dgates)
+                                         : standard_backward(in, dgates);
 
   // Every weight gradient is one GEMM over all N rows.
   const Tensor y2d = y_in.contiguous().view({N, P});
   const Tensor h_prev = previous_states(y2d, h0.contiguous(), L, reverse, d.seq.packed);
-  Tensor grad_w_ih = at::mm(dgates.t(), x.view({N, d.I}));
-  Tensor grad_w_hh = at::mm(dgates.t(), h_prev);
+  Tensor grad_w_ih = mm(dgates.t(), x.view({N, d.I}), prec);
+  Tensor grad_w_hh = mm(dgates.t(), h_prev, prec);
   Tensor grad_bias = at::sum(dgates, {0}, /*keepdim=*/false, copts.dtype().toScalarType());
-  Tensor grad_w_hr = d.projected ? at::mm(st.grad_h_all.t(), st.h_raw_all) : at::empty({0}, opts);
-  Tensor grad_x = need_grad_x ? at::mm(dgates, w_ih).view(x.sizes()) : at::empty({0}, opts);
+  Tensor grad_w_hr =
+      d.projected ? mm(st.grad_h_all.t(), st.h_raw_all, prec) : at::empty({0}, opts);
+  Tensor grad_x = need_grad_x ? mm(dgates, w_ih, prec).view(x.sizes()) : at::empty({0}, opts);
   return {grad_x,     grad_w_ih, grad_w_hh, grad_bias, st.grad_h0, to_storage(st.grad_c0, x_in),
           grad_w_hr};
 }

@@ -3,7 +3,6 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <c10/util/Exception.h>
 #include <cuda_runtime_api.h>
 #include <torch/library.h>
 
@@ -11,7 +10,10 @@
 #include <mutex>
 #include <vector>
 
+#include "cuda/tensorcore.h"
 #include "cuda_binding/cuda_tensors.h"
+#include "cuda_binding/gemm.h"
+#include "message.h"
 
 namespace lstm_ext::cuda_binding {
 namespace {
@@ -20,6 +22,7 @@ struct DeviceLimits {
   int sms = 0;
   size_t smem_optin = 0;
   bool cooperative = false;
+  int major = 0, minor = 0;  // compute capability
 };
 
 DeviceLimits limits_of(int device) {
@@ -33,13 +36,15 @@ DeviceLimits limits_of(int device) {
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&l.sms, cudaDevAttrMultiProcessorCount, device));
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&cooperative, cudaDevAttrCooperativeLaunch, device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&l.major, cudaDevAttrComputeCapabilityMajor, device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&l.minor, cudaDevAttrComputeCapabilityMinor, device));
     l.smem_optin = static_cast<size_t>(smem);
     l.cooperative = cooperative != 0;
   }
   return l;
 }
 
-enum class Choice { kAuto, kStandard, kPersistent };
+enum class Choice { kAuto, kStandard, kPersistent, kTensorCore };
 
 Choice requested_path() {
   const char* env = std::getenv("LSTM_EXT_CUDA_PATH");
@@ -47,7 +52,9 @@ Choice requested_path() {
   if (v.empty() || v == "auto") return Choice::kAuto;
   if (v == "standard") return Choice::kStandard;
   if (v == "persistent") return Choice::kPersistent;
-  TORCH_CHECK(false, "LSTM_EXT_CUDA_PATH: expected auto, standard or persistent, got '", v, "'");
+  if (v == "tensorcore") return Choice::kTensorCore;
+  LSTM_EXT_CHECK(false, "LSTM_EXT_CUDA_PATH: expected auto, standard, persistent or tensorcore ",
+                 "(experimental), got '", v, "'");
 }
 
 // Whether every block of the plan can be resident at once (cooperative launch).
@@ -59,6 +66,20 @@ bool all_blocks_resident(const cuda::PersistentPlan& plan, at::ScalarType dtype,
   dispatch_persistent(dtype, "cuda_lstm_path", [&](auto tag) {
     using T = typename decltype(tag)::type;
     err = cuda::persistent_lstm_fits<T>(plan, backward, sms, &fits);
+  });
+  C10_CUDA_CHECK(err);
+  return fits;
+}
+
+// The same for the tensor-core kernels (cuda/tensorcore.h).
+bool all_tensorcore_blocks_resident(const cuda::TensorCorePlan& plan, at::ScalarType dtype,
+                                    bool backward, int device, int sms) {
+  const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
+  bool fits = false;
+  cudaError_t err = cudaSuccess;
+  dispatch_persistent(dtype, "cuda_lstm_path", [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    err = cuda::tensorcore_lstm_fits<T>(plan, backward, sms, &fits);
   });
   C10_CUDA_CHECK(err);
   return fits;
@@ -77,6 +98,56 @@ bool capturing(int device) {
   return status != cudaStreamCaptureStatusNone;
 }
 
+std::string kib(size_t bytes) { return std::to_string((bytes + 1023) / 1024) + " KiB"; }
+
+// LSTM_EXT_CUDA_PATH=tensorcore: the tensor-core kernel, or an error saying
+// why not (never a silent fallback: whoever asks for an experimental kernel
+// wants to know when it does not run).
+LstmPath tensorcore_path(int64_t batch, int64_t hidden, at::ScalarType dtype, bool projected,
+                         bool backward, int device) {
+  auto refuse = [&](const std::string& why) {
+    LSTM_EXT_CHECK(false,
+                   "LSTM_EXT_CUDA_PATH=tensorcore: this LSTM cannot run the tensor-core kernel: ",
+                   why, " (batch ", batch, ", hidden ", hidden, ", dtype ", dtype,
+                   projected ? ", with proj_size" : "", backward ? ", backward" : ", forward",
+                   ")");
+  };
+  if (dtype != at::kFloat && dtype != at::kHalf && dtype != at::kBFloat16) {
+    refuse("it has no float64 kernel (LSTM_EXT_CUDA_PATH=standard computes float64)");
+  }
+  if (projected) refuse("proj_size runs the standard path");
+  // float32 on the tensor cores is TF32; strict float32 (allow_tf32 = False)
+  // must not silently lose precision.
+  if (dtype == at::kFloat && !rnn_gemm_precision(dtype).tf32) {
+    refuse("float32 runs on the tensor cores only as TF32, which torch's cuDNN RNN setting "
+           "forbids (torch.backends.cudnn.allow_tf32 = False); LSTM_EXT_CUDA_PATH=persistent "
+           "computes strict float32");
+  }
+  const DeviceLimits l = limits_of(device);
+  if (l.major < 8) {
+    refuse("it needs compute capability 8.0 or later (mma.sync bf16 / tf32, cp.async); this "
+           "device has " + std::to_string(l.major) + "." + std::to_string(l.minor));
+  }
+  if (!l.cooperative) refuse("the device does not support cooperative launches");
+  LstmPath p;
+  p.tc_plan = cuda::plan_tensorcore(batch, hidden, static_cast<int>(c10::elementSize(dtype)),
+                                    l.sms, l.smem_optin, backward);
+  if (!p.tc_plan.fits) refuse(p.tc_plan.why_not);
+  if (!all_tensorcore_blocks_resident(p.tc_plan, dtype, backward, device, l.sms)) {
+    refuse("its blocks cannot all be resident at once on this device");
+  }
+  const cuda::TensorCoreLayout& t = p.tc_plan.layout;
+  p.tensorcore = true;
+  p.description = "tensorcore (" + std::to_string(p.tc_plan.blocks) + " blocks x " +
+                  std::to_string(t.units) + " units, " +
+                  (dtype == at::kFloat ? "tf32 m16n8k8" : "m16n8k16") + ", " +
+                  std::to_string(t.tile_rows) + " rows per tile, " + std::to_string(t.chunks) +
+                  (t.chunks == 1 ? " K chunk" : " K chunks") + ", K split " +
+                  std::to_string(t.ksplit) + ", " + kib(p.tc_plan.smem_bytes) +
+                  " shared memory)";
+  return p;
+}
+
 }  // namespace
 
 LstmPath choose_lstm_path(int64_t batch, int64_t hidden, at::ScalarType dtype, bool projected,
@@ -86,12 +157,16 @@ LstmPath choose_lstm_path(int64_t batch, int64_t hidden, at::ScalarType dtype, b
   if (batch == 0) return standard("empty batch");
   if (packed && capturing(device)) return standard("packed input during CUDA graph capture");
   auto refuse = [&](const std::string& why) {
-    TORCH_CHECK(!forced, "LSTM_EXT_CUDA_PATH=persistent: this LSTM cannot run the persistent kernel: ",
-                why, " (batch ", batch, ", hidden ", hidden, ", dtype ", dtype,
-                projected ? ", with proj_size" : "", ")");
+    LSTM_EXT_CHECK(!forced,
+                   "LSTM_EXT_CUDA_PATH=persistent: this LSTM cannot run the persistent kernel: ",
+                   why, " (batch ", batch, ", hidden ", hidden, ", dtype ", dtype,
+                   projected ? ", with proj_size" : "", ")");
     return standard(why);
   };
   if (choice == Choice::kStandard) return standard("LSTM_EXT_CUDA_PATH=standard");
+  if (choice == Choice::kTensorCore) {
+    return tensorcore_path(batch, hidden, dtype, projected, backward, device);
+  }
   if (dtype != at::kFloat && dtype != at::kHalf && dtype != at::kBFloat16) {
     return refuse("float64 runs the standard path");
   }

@@ -11,6 +11,7 @@
 #include "compute_dtype.h"
 #include "cuda/kernels.h"
 #include "cuda_binding/cuda_tensors.h"
+#include "cuda_binding/gemm.h"
 #include "rnn_checks.h"
 #include "step_layout.h"
 #include "tensor_args.h"
@@ -29,8 +30,9 @@ std::tuple<Tensor, Tensor> rnn_forward_cuda(const Tensor& x_in, const Tensor& w_
   const Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   const auto opts = x.options();
   const auto compute = compute_dtype(x.scalar_type());
+  const GemmPrecision prec = rnn_gemm_precision(x.scalar_type());
 
-  const Tensor proj = at::mm(x.view({N, d.I}), w_ih.t());
+  const Tensor proj = mm(x.view({N, d.I}), w_ih.t(), prec);
   const Tensor bias_c = present(bias) ? bias->to(compute).contiguous() : Tensor();
   Tensor y = at::empty(d.seq.shape(H), opts);
   const Tensor y2d = y.view({N, H});
@@ -43,7 +45,7 @@ std::tuple<Tensor, Tensor> rnn_forward_cuda(const Tensor& x_in, const Tensor& w_
     for (int64_t s = 0; s < L.steps(); ++s) {
       const int64_t t = L.time_at(s, reverse), rows = L.rows(t), off = L.offset(t);
       Tensor rec_rows = row_block(rec, 0, rows);
-      at::mm_out(rec_rows, row_block(h_state, 0, rows), w_hh.t());
+      mm_out(rec_rows, row_block(h_state, 0, rows), w_hh.t(), prec);
       cuda::RnnStepForward<T> a{};
       a.rows = rows;
       a.H = H;
@@ -73,6 +75,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cuda(
   const Tensor y2d = y_in.contiguous().view({N, H});
   const Tensor grad_y = present(grad_y_in) ? grad_y_in->contiguous().view({N, H}) : Tensor();
   const auto opts = x.options();
+  const GemmPrecision prec = rnn_gemm_precision(x.scalar_type());
 
   Tensor d_pre = at::empty({N, H}, opts);
   Tensor grad_h = state_buffer(grad_h_n, {B, H}, opts);  // ends as grad_h0
@@ -92,15 +95,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cuda(
       cuda::rnn_step_backward<T>(a, stream);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       Tensor grad_h_rows = row_block(grad_h, 0, rows);
-      at::mm_out(grad_h_rows, step_rows(d_pre, L, t), w_hh);
+      mm_out(grad_h_rows, step_rows(d_pre, L, t), w_hh, prec);
     }
   });
 
   const Tensor h_prev = previous_states(y2d, h0.contiguous(), L, reverse, d.seq.packed);
-  Tensor grad_w_ih = at::mm(d_pre.t(), x.view({N, d.I}));
-  Tensor grad_w_hh = at::mm(d_pre.t(), h_prev);
+  Tensor grad_w_ih = mm(d_pre.t(), x.view({N, d.I}), prec);
+  Tensor grad_w_hh = mm(d_pre.t(), h_prev, prec);
   Tensor grad_bias = at::sum(d_pre, {0}, /*keepdim=*/false, compute_dtype(x.scalar_type()));
-  Tensor grad_x = need_grad_x ? at::mm(d_pre, w_ih).view(x.sizes()) : at::empty({0}, opts);
+  Tensor grad_x = need_grad_x ? mm(d_pre, w_ih, prec).view(x.sizes()) : at::empty({0}, opts);
   return {grad_x, grad_w_ih, grad_w_hh, grad_bias, grad_h};
 }
 

@@ -1,0 +1,5 @@
+// The tensor-core persistent LSTM kernels for __half (one translation unit per dtype; see
+// tensorcore_impl.cuh).
+#include "cuda/tensorcore_impl.cuh"
+
+LSTM_EXT_INSTANTIATE_TENSORCORE(__half)
