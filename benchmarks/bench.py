@@ -11,10 +11,18 @@ benchmarks/results/. See benchmarks/README.md.
     python3 benchmarks/bench.py --quick          # smoke test, a few seconds
     python3 benchmarks/bench.py --shapes 100x32x256x256 50x8x128x128:L2:bi
     python3 benchmarks/bench.py --shapes 100x32x256x256:packed 100x32x256x256:rnn-relu:bi
+    python3 benchmarks/bench.py --device cuda --fp32-precision strict   # TF32 off only
+
+On CUDA float32 each case runs under torch's default TF32 flags and under
+strict float32 (--fp32-precision both), both implementations alike; parity is
+each one's error against a float64 torch.nn run, with a tolerance that knows
+the precision (see "Parity" in benchmarks/README.md).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import datetime as _dt
 import gc
 import importlib
@@ -422,6 +430,133 @@ def module_class_name(model: str) -> str:
     return "LSTM" if model == "LSTM" else "RNN"
 
 
+# --------------------------------------------------------------------------- fp32 precision (CUDA)
+
+# On CUDA, float32 GEMMs may run in TF32: torch.nn.LSTM's cuDNN GEMMs do by
+# default (torch.backends.cudnn.allow_tf32 is True), and lstm_ext's cuBLAS GEMMs
+# follow the same flag. A float32 CUDA run therefore times each case under one
+# or both settings, each applied to both implementations of a row alike:
+#   default: torch's defaults, cudnn.allow_tf32=True (TF32 allowed in the RNN
+#            GEMMs), cuda.matmul.allow_tf32=False;
+#   strict:  both flags False, strict float32 throughout.
+# Values: (cudnn.allow_tf32, cuda.matmul.allow_tf32).
+FP32_SETTINGS = {"default": (True, False), "strict": (False, False)}
+# How the table and chart name them: what the RNN GEMMs are allowed to use.
+PRECISION_LABEL = {"default": "tf32", "strict": "fp32"}
+
+
+def precision_settings(device: torch.device, dtype: torch.dtype, choice: str) -> list:
+    """The --fp32-precision settings a run times: ["default", "strict"], one of
+    them, or [None] where TF32 does not apply (the CPU, dtypes other than float32)."""
+    if device.type != "cuda" or dtype != torch.float32:
+        return [None]
+    return list(FP32_SETTINGS) if choice == "both" else [choice]
+
+
+def _fp32_precision_leaves() -> list:
+    """[(name, module)] of the per-operator fp32_precision values of torch >= 2.9
+    that the two legacy TF32 flags map onto: cuda.matmul, cudnn.conv and
+    cudnn.rnn ("tf32", "ieee" or "none" = inherit from a parent); [] before 2.9."""
+    b = torch.backends
+    leaves = []
+    try:
+        for name, mod in (("cuda.matmul", b.cuda.matmul), ("cudnn.conv", b.cudnn.conv),
+                          ("cudnn.rnn", b.cudnn.rnn)):
+            mod.fp32_precision  # noqa: B018  (AttributeError before torch 2.9)
+            leaves.append((name, mod))
+    except AttributeError:
+        return []
+    return leaves
+
+
+def _read(getter):
+    """getter(), or None where torch refuses (mixed legacy/new TF32 API values raise)."""
+    try:
+        return getter()
+    except RuntimeError:
+        return None
+
+
+def tf32_flags_now() -> dict:
+    """The TF32 flags in force, for the record: the two legacy booleans (None
+    where torch refuses to read one) and, on torch >= 2.9, the effective
+    fp32_precision of cuda.matmul, cudnn.conv and cudnn.rnn."""
+    b = torch.backends
+    out = {"cudnn.allow_tf32": _read(lambda: bool(b.cudnn.allow_tf32)),
+           "cuda.matmul.allow_tf32": _read(lambda: bool(b.cuda.matmul.allow_tf32))}
+    for name, mod in _fp32_precision_leaves():
+        out[f"{name}.fp32_precision"] = mod.fp32_precision
+    return out
+
+
+def _set_tf32(cudnn_tf32: bool, matmul_tf32: bool) -> None:
+    b = torch.backends
+    # The legacy setters also keep torch's legacy state (the allow_tf32 bool of
+    # cuDNN, float32_matmul_precision) in step, so its legacy getters and
+    # consistency checks keep working.
+    b.cudnn.allow_tf32 = cudnn_tf32
+    b.cuda.matmul.allow_tf32 = matmul_tf32
+    # But on torch >= 2.9 cudnn.allow_tf32=False writes "none" (inherit), and a
+    # parent (cudnn.fp32_precision or torch.backends.fp32_precision = "tf32")
+    # would then still allow TF32; the leaves are set explicitly.
+    for name, mod in _fp32_precision_leaves():
+        mod.fp32_precision = "tf32" if (matmul_tf32 if name == "cuda.matmul" else cudnn_tf32) else "ieee"
+
+
+def _save_tf32() -> Callable[[], None]:
+    """Snapshot of the TF32 flags that _set_tf32 writes; returns the function that puts them back.
+
+    Exact for every state set through one API (the legacy flags,
+    set_float32_matmul_precision, or the fp32_precision values). Where the
+    user mixed both so that torch's legacy getters refuse to read, the hidden
+    legacy value cannot be read either: the effective per-operator values are
+    put back, which the legacy getters then read consistently.
+    """
+    b = torch.backends
+    cudnn = _read(lambda: bool(b.cudnn.allow_tf32))
+    matmul_prec = _read(torch.get_float32_matmul_precision)
+    matmul = _read(lambda: bool(b.cuda.matmul.allow_tf32))
+    leaves = [(mod, mod.fp32_precision) for _, mod in _fp32_precision_leaves()]
+    if leaves:
+        # set_float32_matmul_precision below also writes oneDNN's matmul value.
+        leaves.append((b.mkldnn.matmul, b.mkldnn.matmul.fp32_precision))
+
+    def restore():
+        # Legacy state first (where it was readable), then the effective
+        # per-operator values, which the legacy setters may have overwritten.
+        if cudnn is not None:
+            b.cudnn.allow_tf32 = cudnn
+        if matmul_prec is not None:
+            torch.set_float32_matmul_precision(matmul_prec)
+        elif matmul is not None:
+            b.cuda.matmul.allow_tf32 = matmul
+        for mod, value in leaves:
+            mod.fp32_precision = value
+    return restore
+
+
+@contextlib.contextmanager
+def tf32_flags(cudnn_tf32: Optional[bool], matmul_tf32: bool = False):
+    """Run the body with torch.backends.cudnn.allow_tf32 = cudnn_tf32 and
+    torch.backends.cuda.matmul.allow_tf32 = matmul_tf32, then put the user's
+    flags back (also on an exception). cudnn_tf32=None changes nothing (the
+    CPU, dtypes other than float32)."""
+    if cudnn_tf32 is None:
+        yield
+        return
+    restore = _save_tf32()
+    try:
+        _set_tf32(bool(cudnn_tf32), bool(matmul_tf32))
+        yield
+    finally:
+        restore()
+
+
+def fp32_precision(setting: Optional[str]):
+    """tf32_flags for a --fp32-precision setting ("default"/"strict"); None: no change."""
+    return tf32_flags(*FP32_SETTINGS[setting]) if setting is not None else tf32_flags(None)
+
+
 # --------------------------------------------------------------------------- models
 
 # Dtypes measured against torch.nn's own error in them (check_parity_reduced).
@@ -566,8 +701,8 @@ def upcast_input(x, dtype):
     return x.to(dtype)
 
 
-def _outputs_and_grads(m, x, with_grad: bool):
-    """(result tensors, [input grad, parameter grads by sorted name] or None), as float32 copies."""
+def _outputs_and_grads(m, x, with_grad: bool, as_dtype: torch.dtype = torch.float32):
+    """(result tensors, [input grad, parameter grads by sorted name] or None), as as_dtype copies."""
     if with_grad:
         m.train()
         m.zero_grad(set_to_none=True)
@@ -575,13 +710,13 @@ def _outputs_and_grads(m, x, with_grad: bool):
         result = m(xi)
         loss_of(result).backward()
         grads = [leaf.grad] + [p.grad for _, p in sorted(m.named_parameters())]
-        grads = [None if g is None else g.detach().float() for g in grads]
+        grads = [None if g is None else g.detach().to(as_dtype) for g in grads]
     else:
         m.eval()
         with torch.no_grad():
             result = m(x)
         grads = None
-    return [t.detach().float() for t in result_tensors(result)], grads
+    return [t.detach().to(as_dtype) for t in result_tensors(result)], grads
 
 
 def check_parity_reduced(ref, ext, x, with_grad: bool) -> dict:
@@ -634,6 +769,132 @@ def check_parity_reduced(ref, ext, x, with_grad: bool) -> dict:
         res.setdefault("fwd_ok", False)
         res.setdefault("max_abs_diff", None)
         res.update(ok=False, error=f"{type(e).__name__}: {e}")
+    return res
+
+
+# Parity against float64, the check that decides on CUDA and joins the one
+# above on the CPU: torch.nn run in float64 on the same device, with the same
+# weights and inputs (upcast from the run's dtype, exactly, so that rounding
+# them to bfloat16 does not count as error), is the reference; each
+# implementation's error is ||out - ref|| / ||ref|| (norms over all elements),
+# per output tensor and, in training, per gradient (input and each parameter).
+# lstm_ext fails where its error exceeds a tolerance that knows the precision:
+#   float32, strict:         max(1e-5,  2 * torch_err)
+#   float32, TF32 allowed:   max(2e-3,  2 * torch_err)
+#   float64:                 max(1e-10, 2 * torch_err)
+#   bfloat16 / float16:      2 * torch_err + 2**-10
+# torch_err is torch.nn's own error against the same reference, in the same
+# dtype and under the same TF32 flags; a non-finite one widens nothing.
+ERR_FACTOR = 2.0
+ERR_FLOOR = {"fp32": 1e-5, "tf32": 2e-3, "float64": 1e-10, "low": 2.0 ** -10}
+
+
+def err_rule(dtype: torch.dtype, tf32: bool) -> tuple:
+    """(kind, floor) of lstm_ext's tolerance: "max" = max(floor, ERR_FACTOR * torch_err),
+    "sum" = ERR_FACTOR * torch_err + floor."""
+    if dtype in LOW_PRECISION:
+        return "sum", ERR_FLOOR["low"]
+    if dtype == torch.float64:
+        return "max", ERR_FLOOR["float64"]
+    return "max", ERR_FLOOR["tf32" if tf32 else "fp32"]
+
+
+def err_rule_text(rule: tuple) -> str:
+    kind, floor = rule
+    if kind == "sum":
+        return f"ext_err <= {ERR_FACTOR:g} * torch_err + {floor:g}"
+    return f"ext_err <= max({floor:g}, {ERR_FACTOR:g} * torch_err)"
+
+
+def err_tolerance(rule: tuple, torch_err: float) -> float:
+    kind, floor = rule
+    t = ERR_FACTOR * torch_err if math.isfinite(torch_err) else 0.0
+    return t + floor if kind == "sum" else max(floor, t)
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref|| in float64 (the absolute norm where ref is all zeros)."""
+    diff = float(torch.linalg.vector_norm(out.to(torch.float64) - ref))
+    scale = float(torch.linalg.vector_norm(ref))
+    return diff / scale if scale > 0 else diff
+
+
+def float64_reference(ref, x, with_grad: bool):
+    """(outputs, grads or None) of a float64 copy of the torch.nn model ref on x
+    upcast, as float64 tensors: what check_parity_float64 measures against."""
+    ref64 = copy.deepcopy(ref).to(torch.float64)
+    return _outputs_and_grads(ref64, upcast_input(x, torch.float64), with_grad, as_dtype=torch.float64)
+
+
+def _worst_err(names, refs, theirs, ours, rule) -> dict:
+    """Per tensor errors and tolerances; the failing tensor, else the one nearest its tolerance."""
+    if len(ours) != len(refs) or len(theirs) != len(refs):
+        return {"ok": False, "ext": None, "torch": None, "tol": None,
+                "tensor": f"{len(ours)} results (torch.nn {len(theirs)}) != reference {len(refs)}"}
+    rows = []
+    for name, r, t, e in zip(names, refs, theirs, ours):
+        if r is None or t is None or e is None or r.shape != e.shape or r.shape != t.shape:
+            return {"ok": False, "ext": None, "torch": None, "tol": None,
+                    "tensor": f"{name}: missing or misshapen"}
+        e_err, t_err = rel_err(e, r), rel_err(t, r)
+        tol = err_tolerance(rule, t_err)
+        ok = bool(e_err <= tol)  # False for NaN
+        rows.append((not ok, e_err / tol if ok else math.inf, name, e_err, t_err, tol, ok))
+    *_, name, e_err, t_err, tol, _ = max(rows, key=lambda row: row[:2])
+    return {"ok": all(row[-1] for row in rows), "ext": e_err, "torch": t_err, "tol": tol, "tensor": name}
+
+
+def check_parity_float64(ref, ext, x, with_grad: bool, reference, dtype: torch.dtype, tf32: bool) -> dict:
+    """Both implementations' relative errors against `reference` (float64_reference,
+    or an error message where that failed), judged by err_rule(dtype, tf32).
+
+    Forward: ext_err, torch_err, tol, err_tensor (the tensor nearest failing)
+    and fwd_err_ok; with_grad adds the grad_ fields for the gradients.
+    """
+    rule = err_rule(dtype, tf32)
+    res = {"err_reference": "torch.nn in float64, same weights and inputs", "err_rule": err_rule_text(rule)}
+    try:
+        if isinstance(reference, str):
+            raise RuntimeError(f"float64 reference failed: {reference}")
+        (o_r, g_r) = reference
+        (o_t, g_t) = _outputs_and_grads(ref, x, with_grad, as_dtype=torch.float64)
+        (o_e, g_e) = _outputs_and_grads(ext, x, with_grad, as_dtype=torch.float64)
+        packed = isinstance(x, PackedSequence)
+        names = ("output.data" if packed else "output", "h_n", "c_n")
+        w = _worst_err(names, o_r, o_t, o_e, rule)
+        res.update(fwd_err_ok=w["ok"], ext_err=w["ext"], torch_err=w["torch"], tol=w["tol"],
+                   err_tensor=w["tensor"])
+        if with_grad:
+            g_names = ["input.data" if packed else "input"] + [n for n, _ in sorted(ref.named_parameters())]
+            w = _worst_err(g_names, g_r, g_t, g_e, rule)
+            res.update(grad_err_ok=w["ok"], grad_ext_err=w["ext"], grad_torch_err=w["torch"],
+                       grad_tol=w["tol"], grad_err_tensor=w["tensor"])
+    except Exception as e:
+        res["fwd_err_ok"] = False
+        if with_grad:
+            res["grad_err_ok"] = False
+        res["err_error"] = f"{type(e).__name__}: {e}"
+    return res
+
+
+def combine_parity(direct: dict, err: dict, with_grad: bool, direct_decides: bool) -> dict:
+    """One parity record: the direct check's fields (check_parity or
+    check_parity_reduced, unchanged) and check_parity_float64's, with the
+    verdicts fwd_ok / grad_ok / ok from the float64 check, and also from the
+    direct one where direct_decides (the CPU, as before). Where the direct
+    check does not decide, its verdicts stay as fwd_direct_ok / grad_direct_ok
+    and its exception, if any, as direct_error."""
+    res = {**direct, **err, "direct_decides": direct_decides}
+    res["fwd_direct_ok"] = bool(direct.get("fwd_ok", False))
+    fwd_ok = bool(err.get("fwd_err_ok")) and (res["fwd_direct_ok"] or not direct_decides)
+    res["fwd_ok"] = ok = fwd_ok
+    if with_grad:
+        res["grad_direct_ok"] = bool(direct.get("grad_ok", False))
+        res["grad_ok"] = bool(err.get("grad_err_ok")) and (res["grad_direct_ok"] or not direct_decides)
+        ok = ok and res["grad_ok"]
+    if not direct_decides and "error" in res:
+        res["direct_error"] = res.pop("error")
+    res["ok"] = ok
     return res
 
 
@@ -759,8 +1020,10 @@ def measure_on_quiet_machine(measure: Callable[[], object], device, args, warn, 
 
 # --------------------------------------------------------------------------- one case
 
-def run_shape(shape: Shape, modes, ext_classes, device, dtype, timed, args, tol, grad_tol, warn) -> list:
-    """All modes of one shape: build once, check parity once, time each mode."""
+def run_shape(shape: Shape, modes, settings, ext_classes, device, dtype, timed, args, tol, grad_tol,
+              warn) -> list:
+    """All modes of one shape, under each precision setting: build once, compute
+    the float64 reference once, then per setting check parity once and time each mode."""
     records = []
     tokens = real_tokens(shape)
     base = {**asdict(shape), "shape": shape.label, "spec": shape.spec, "group": shape_group(shape, device.type),
@@ -771,42 +1034,81 @@ def run_shape(shape: Shape, modes, ext_classes, device, dtype, timed, args, tol,
     except Exception as e:
         msg = f"{type(e).__name__}: {e}"
         warn(f"!!! {shape.label}: could not build/load models: {msg}")
-        return [{**base, "mode": m, "error": msg, "parity": {"ok": False}} for m in modes]
-    if dtype in LOW_PRECISION:
-        parity = check_parity_reduced(ref, ext, x, with_grad="training" in modes)
-    else:
-        parity = check_parity(ref, ext, x, with_grad="training" in modes, tol=tol, grad_tol=grad_tol)
-    if not parity["ok"]:
-        warn("!" * 78 + f"\n!!! PARITY FAILURE {shape.label}: lstm_ext disagrees with torch.nn.{cls}: "
-             f"{json.dumps(parity)}\n!!! its timings below are for a BROKEN implementation\n" + "!" * 78)
-    for mode in modes:
-        rec = {**base, "mode": mode, "flops": rnn_flops(shape, mode), "parity": parity_for_mode(parity, mode)}
-        try:
-            (t_ref, t_ext), load, attempts = measure_on_quiet_machine(
-                lambda: time_interleaved(make_step(ref, x, mode), make_step(ext, x, mode), timed,
-                                         warmup=args.warmup, repeats=args.repeats,
-                                         min_time=args.min_time, max_repeats=args.max_repeats),
-                device, args, warn, f"{shape.label} {mode}")
-            rec.update(other_cpu_load=load, attempts=attempts)
-        except Exception as e:
-            msg = f"{type(e).__name__}: {e}"
-            warn(f"!!! {shape.label} {mode}: timing failed: {msg}")
-            rec["error"] = msg
-            records.append(rec)
-            continue
-        r, e_ = summarize(t_ref), summarize(t_ext)
-        rec.update(
-            ref=r, ext=e_,
-            speedup=r["median_ms"] / e_["median_ms"],
-            ref_tokens_per_s=tokens / (r["median_ms"] / 1e3),
-            ext_tokens_per_s=tokens / (e_["median_ms"] / 1e3),
-            ref_gflops=rec["flops"] / (r["median_ms"] / 1e3) / 1e9,
-            ext_gflops=rec["flops"] / (e_["median_ms"] / 1e3) / 1e9,
-        )
-        records.append(rec)
-    del ref, ext, x
+        return [{**base, "mode": m, "precision": s, "error": msg, "parity": {"ok": False}}
+                for s in settings for m in modes]
+    with_grad = "training" in modes
+    try:
+        # float64 is not affected by the TF32 flags: one reference serves every setting.
+        reference = float64_reference(ref, x, with_grad)
+    except Exception as e:
+        reference = f"{type(e).__name__}: {e}"
+    for setting in settings:
+        what = shape.label + (f" [{PRECISION_LABEL[setting]}]" if setting else "")
+        # Both implementations of a row, their parity check and their timing run
+        # under the same flags; the user's flags come back after each setting.
+        with fp32_precision(setting):
+            flags = tf32_flags_now() if setting is not None else None
+            if dtype in LOW_PRECISION:
+                direct = check_parity_reduced(ref, ext, x, with_grad=with_grad)
+            else:
+                direct = check_parity(ref, ext, x, with_grad=with_grad, tol=tol, grad_tol=grad_tol)
+            err = check_parity_float64(ref, ext, x, with_grad, reference, dtype, tf32=setting == "default")
+            parity = combine_parity(direct, err, with_grad, direct_decides=device.type == "cpu")
+            if not parity["ok"]:
+                warn("!" * 78 + f"\n!!! PARITY FAILURE {what}: lstm_ext disagrees with torch.nn.{cls}: "
+                     f"{parity_failure_summary(parity)}\n!!! {json.dumps(parity)}"
+                     f"\n!!! its timings below are for a BROKEN implementation\n" + "!" * 78)
+            for mode in modes:
+                rec = {**base, "mode": mode, "precision": setting, "tf32_flags": flags,
+                       "flops": rnn_flops(shape, mode), "parity": parity_for_mode(parity, mode)}
+                try:
+                    (t_ref, t_ext), load, attempts = measure_on_quiet_machine(
+                        lambda: time_interleaved(make_step(ref, x, mode), make_step(ext, x, mode), timed,
+                                                 warmup=args.warmup, repeats=args.repeats,
+                                                 min_time=args.min_time, max_repeats=args.max_repeats),
+                        device, args, warn, f"{what} {mode}")
+                    rec.update(other_cpu_load=load, attempts=attempts)
+                except Exception as e:
+                    msg = f"{type(e).__name__}: {e}"
+                    warn(f"!!! {what} {mode}: timing failed: {msg}")
+                    rec["error"] = msg
+                    records.append(rec)
+                    continue
+                r, e_ = summarize(t_ref), summarize(t_ext)
+                rec.update(
+                    ref=r, ext=e_,
+                    speedup=r["median_ms"] / e_["median_ms"],
+                    ref_tokens_per_s=tokens / (r["median_ms"] / 1e3),
+                    ext_tokens_per_s=tokens / (e_["median_ms"] / 1e3),
+                    ref_gflops=rec["flops"] / (r["median_ms"] / 1e3) / 1e9,
+                    ext_gflops=rec["flops"] / (e_["median_ms"] / 1e3) / 1e9,
+                )
+                records.append(rec)
+    del ref, ext, x, reference
     gc.collect()
     return records
+
+
+def parity_failure_summary(parity: dict) -> str:
+    """What failed, in a line: the float64 check's numbers, the direct check, exceptions."""
+    def num(v):
+        return "n/a" if v is None else f"{v:.2e}"
+    why = []
+    for ok_key, prefix, what in (("fwd_err_ok", "", "outputs"), ("grad_err_ok", "grad_", "gradients")):
+        if parity.get(ok_key) is False and f"{prefix}ext_err" in parity:
+            why.append(f"{what} ({parity.get(prefix + 'err_tensor')}): ext_err {num(parity.get(prefix + 'ext_err'))}"
+                       f" > tol {num(parity.get(prefix + 'tol'))} (torch_err {num(parity.get(prefix + 'torch_err'))})")
+    if parity.get("err_error"):
+        why.append(f"float64 check: {parity['err_error']}")
+    if parity.get("direct_decides"):
+        if parity.get("fwd_direct_ok") is False:
+            why.append(f"direct comparison of outputs failed (max_abs_diff {num(parity.get('max_abs_diff'))})")
+        if parity.get("grad_direct_ok") is False:
+            why.append(f"direct comparison of gradients failed (grad_max_rel_diff "
+                       f"{num(parity.get('grad_max_rel_diff'))}, {parity.get('grad_worst')})")
+        if parity.get("error"):
+            why.append(parity["error"])
+    return "; ".join(why) or "see the record"
 
 
 def parity_for_mode(parity: dict, mode: str) -> dict:
@@ -827,31 +1129,53 @@ def fmt_rate(x: float) -> str:
     return f"{x:.0f}"
 
 
+def _err_shown(par: dict):
+    """(ext_err, torch_err, tol) of the parity record's float64 check to show: of
+    the forward and (training) gradient checks, the one nearest its tolerance
+    (a failing one first); None where the check produced no numbers."""
+    best = None
+    for prefix in ("", "grad_"):
+        e, t, tol = par.get(prefix + "ext_err"), par.get(prefix + "torch_err"), par.get(prefix + "tol")
+        if e is None or tol is None:
+            continue
+        key = (not e <= tol, e / tol if e <= tol else math.inf)
+        if best is None or key > best[0]:
+            best = (key, (e, t, tol))
+    return best[1] if best else None
+
+
 def format_table(records, gemm_gflops: float) -> str:
     """A Markdown table: readable in a terminal and pasteable into NOTES.md."""
-    head = ["shape", "mode", "torch ms", "ext ms", "speedup", "torch tok/s", "ext tok/s",
-            "ext GFLOP/s", "% GEMM", "parity"]
+    with_prec = any(r.get("precision") is not None for r in records)
+    head = ["shape", "mode", *(["precision"] if with_prec else []), "torch ms", "ext ms", "speedup",
+            "torch tok/s", "ext tok/s", "ext GFLOP/s", "% GEMM", "parity"]
     rows = []
     for r in records:
         par = r.get("parity", {})
         par_s = "ok" if par.get("ok") else "FAIL"
-        if par.get("torch_max_abs_diff") is not None and par.get("max_abs_diff") is not None:
-            # reduced precision: both errors vs the float32 reference
-            par_s += f" (ours {par['max_abs_diff']:.1e} / torch {par['torch_max_abs_diff']:.1e})"
+        shown = _err_shown(par)
+        if shown is not None:
+            # relative errors vs the float64 reference: ours, torch.nn's, our tolerance
+            e, t, tol = shown
+            par_s += f" (ext {e:.1e}, torch {t:.1e}, tol {tol:.1e})"
         elif par.get("max_abs_diff") is not None:
             par_s += f" ({par['max_abs_diff']:.1e})"
+        if par.get("direct_decides") and (par.get("fwd_direct_ok") is False or par.get("grad_direct_ok") is False):
+            par_s += " direct"
+        prec = [PRECISION_LABEL.get(r.get("precision"), "-")] if with_prec else []
         if "error" in r:
-            rows.append([r["shape"], r["mode"], "-", "-", "ERROR", "-", "-", "-", "-", par_s])
+            rows.append([r["shape"], r["mode"], *prec, "-", "-", "ERROR", "-", "-", "-", "-", par_s])
             continue
+        eff = r.get("gemm_efficiency", r["ext_gflops"] / gemm_gflops)
         rows.append([
-            r["shape"], r["mode"],
+            r["shape"], r["mode"], *prec,
             f"{r['ref']['median_ms']:.3f}", f"{r['ext']['median_ms']:.3f}",
             f"{r['speedup']:.2f}x" + ("" if par.get("ok") else " !!") + (" ~" if _busy(r) else ""),
             fmt_rate(r["ref_tokens_per_s"]), fmt_rate(r["ext_tokens_per_s"]),
-            f"{r['ext_gflops']:.1f}" if r["ext_gflops"] >= 1 else f"{r['ext_gflops']:.3f}", f"{100 * r['ext_gflops'] / gemm_gflops:.0f}%", par_s,
+            f"{r['ext_gflops']:.1f}" if r["ext_gflops"] >= 1 else f"{r['ext_gflops']:.3f}", f"{100 * eff:.0f}%", par_s,
         ])
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(head)]
-    left = {0, 1, 9}
+    left = {0, 1, len(head) - 1} | ({2} if with_prec else set())
     line = lambda cells: "| " + " | ".join(  # noqa: E731
         c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths))) + " |"
     sep = "|" + "|".join((":" + "-" * (w + 1)) if i in left else ("-" * (w + 1) + ":")
@@ -920,12 +1244,27 @@ def min_speedups(records) -> dict:
     return out
 
 
+def summaries(records) -> dict:
+    """The per-mode summaries of a set of records (one precision setting's)."""
+    return {"geomean_speedup": geomean_speedups(records),
+            "geomean_speedup_by_variant": geomean_by_variant(records),
+            "summary_by_group": summary_by_group(records),
+            "min_speedup": min_speedups(records)}
+
+
 def torch_classes(records) -> str:
     """"LSTM", "RNN" or "LSTM/RNN": the torch.nn reference(s) a run compared against."""
     return "/".join(dict.fromkeys(module_class_name(r.get("model", "LSTM")) for r in records)) or "LSTM"
 
 
+PRECISION_TITLE = {"default": "default: TF32 allowed (torch's defaults, cudnn.allow_tf32=True)",
+                   "strict": "strict: fp32 (cudnn/cuda.matmul allow_tf32=False)"}
+
+
 def write_plot(path: str, meta: dict, records) -> None:
+    """Speedup bars per shape and mode on a log axis; one panel per precision
+    setting (CUDA float32 with both settings: default and strict side by side,
+    on one shared axis)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -934,56 +1273,77 @@ def write_plot(path: str, meta: dict, records) -> None:
 
     shapes = list(dict.fromkeys(r["shape"] for r in records))
     modes = list(dict.fromkeys(r["mode"] for r in records))
+    panels = list(dict.fromkeys(r.get("precision") for r in records)) or [None]
     colors = {"inference": "#4C72B0", "training": "#DD8452"}
     bar_h = 0.8 / len(modes)
-    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.62 * len(shapes) * max(1, len(modes)) / 1.5))
+    height = 1.2 + 0.62 * len(shapes) * max(1, len(modes)) / 1.5
+    if len(panels) > 1:
+        height += 0.4  # the panel titles
+    fig, axes = plt.subplots(1, len(panels), figsize=(10 if len(panels) == 1 else 7.5 * len(panels), height),
+                             sharey=True, squeeze=False)
     vals = [r["speedup"] for r in records if "speedup" in r] or [1.0]
     lo, hi = min(min(vals), 1.0) / 1.35, max(max(vals), 1.0) * 1.35
-    for mi, mode in enumerate(modes):
-        for si, shape in enumerate(shapes):
-            rec = next((r for r in records if r["shape"] == shape and r["mode"] == mode), None)
-            if rec is None:
-                continue
-            y = si + (mi - (len(modes) - 1) / 2) * bar_h
-            ok = rec.get("parity", {}).get("ok")
-            if "speedup" not in rec:
-                ax.text(1.0, y, "  error", va="center", fontsize=9, color="red")
-                continue
-            s = rec["speedup"]
-            # Bars grow from the 1.0x line on a log axis: right = faster, left = slower,
-            # and 2x faster looks as long as 2x slower.
-            ax.barh(y, s - 1.0, left=1.0, height=bar_h * 0.9, color=colors.get(mode, "gray"),
-                    hatch=None if ok else "xx", edgecolor="red" if not ok else "none")
-            txt = f"{s:.2f}×" + ("" if ok else " PARITY FAIL") + (" (busy)" if _busy(rec) else "")
-            ax.text(s * (1.02 if s >= 1 else 0.98), y, txt, va="center",
-                    ha="left" if s >= 1 else "right", fontsize=8.5, color="black" if ok else "red")
-    ax.axvline(1.0, color="black", lw=1.2)
-    ax.set_xscale("log")
-    ax.set_xlim(lo, hi)
     nice = [0.05, 0.1, 0.2, 0.25, 0.5, 0.75, 1, 1.25, 1.5, 2, 3, 4, 5, 7, 10, 15, 20, 30, 50, 100]
     ticks = [t for t in nice if lo <= t <= hi]
     if len(ticks) < 4:
         ticks = sorted(set(ticks) | {t for t in (0.8, 0.9, 1.1, 1.2) if lo <= t <= hi})
-    ax.xaxis.set_major_locator(FixedLocator(ticks))
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_xticklabels([f"{t:g}×" for t in ticks])
-    ax.set_yticks(range(len(shapes)))
-    ax.set_yticklabels(shapes, fontfamily="monospace", fontsize=9)
-    ax.set_ylim(len(shapes) - 0.5, -0.5)
-    ax.grid(axis="x", alpha=0.3)
     ref_name = f"torch.nn.{torch_classes(records)}"
-    ax.set_xlabel(f"speedup of lstm_ext over {ref_name} (median time ratio, log scale; >1 = faster)")
+    for ax, prec in zip(axes[0], panels):
+        for mi, mode in enumerate(modes):
+            for si, shape in enumerate(shapes):
+                rec = next((r for r in records if r["shape"] == shape and r["mode"] == mode
+                            and r.get("precision") == prec), None)
+                if rec is None:
+                    continue
+                y = si + (mi - (len(modes) - 1) / 2) * bar_h
+                ok = rec.get("parity", {}).get("ok")
+                if "speedup" not in rec:
+                    ax.text(1.0, y, "  error", va="center", fontsize=9, color="red")
+                    continue
+                s = rec["speedup"]
+                # Bars grow from the 1.0x line on a log axis: right = faster, left = slower,
+                # and 2x faster looks as long as 2x slower.
+                ax.barh(y, s - 1.0, left=1.0, height=bar_h * 0.9, color=colors.get(mode, "gray"),
+                        hatch=None if ok else "xx", edgecolor="red" if not ok else "none")
+                txt = f"{s:.2f}×" + ("" if ok else " PARITY FAIL") + (" (busy)" if _busy(rec) else "")
+                ax.text(s * (1.02 if s >= 1 else 0.98), y, txt, va="center",
+                        ha="left" if s >= 1 else "right", fontsize=8.5, color="black" if ok else "red")
+        ax.axvline(1.0, color="black", lw=1.2)
+        ax.set_xscale("log")
+        ax.set_xlim(lo, hi)
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticklabels([f"{t:g}×" for t in ticks])
+        ax.set_yticks(range(len(shapes)))
+        ax.set_yticklabels(shapes, fontfamily="monospace", fontsize=9)
+        ax.set_ylim(len(shapes) - 0.5, -0.5)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_xlabel(f"speedup of lstm_ext over {ref_name} (median time ratio, log scale; >1 = faster)"
+                      if len(panels) == 1 else "speedup (median time ratio, log scale; >1 = faster)")
+        if len(panels) > 1:
+            gm = meta.get("by_precision", {}).get(prec, {}).get("geomean_speedup", {})
+            ax.set_title(PRECISION_TITLE.get(prec, str(prec)) + "\n"
+                         + "geomean: " + ", ".join(f"{m} {v['geomean']:.2f}×" for m, v in gm.items()),
+                         fontsize=9.5)
     gm = meta["geomean_speedup"]
     gm_s = ", ".join(f"{m} {v['geomean']:.2f}×" for m, v in gm.items())
-    ax.set_title(f"lstm_ext vs {ref_name} — {meta['machine']}\n"
-                 f"torch {meta['torch_version']}, {meta['dtype']}, {meta['threads']} threads, "
-                 f"commit {meta['git_commit'] or 'n/a'}, {meta['date'][:16].replace('T', ' ')} UTC\n"
-                 f"geomean: {gm_s}   |   GEMM ceiling {meta['gemm_ceiling']['gflops']:.0f} GFLOP/s",
-                 fontsize=10)
+    header = (f"lstm_ext vs {ref_name} — {meta['machine']}\n"
+              f"torch {meta['torch_version']}, {meta['dtype']}, {meta['threads']} threads, "
+              f"commit {meta['git_commit'] or 'n/a'}, {meta['date'][:16].replace('T', ' ')} UTC\n")
+    ceiling = f"GEMM ceiling {meta['gemm_ceiling']['gflops']:.0f} GFLOP/s"
+    if meta.get("gemm_ceiling_tf32"):
+        ceiling += f" (TF32 {meta['gemm_ceiling_tf32']['gflops']:.0f})"
+    if len(panels) == 1:
+        prec = panels[0]
+        axes[0][0].set_title(header + f"geomean: {gm_s}   |   {ceiling}"
+                             + (f"   |   {PRECISION_LABEL[prec]} ({prec})" if prec else ""), fontsize=10)
+    else:
+        fig.suptitle(header + f"speedup of lstm_ext over {ref_name}, one panel per precision setting   |   "
+                     + ceiling, fontsize=10)
     handles = [Patch(color=colors.get(m, "gray"), label=m) for m in modes]
     if any(not r.get("parity", {}).get("ok") for r in records):
         handles.append(Patch(facecolor="white", edgecolor="red", hatch="xx", label="parity failed"))
-    ax.legend(handles=handles, loc="best", fontsize=9)
+    axes[0][0].legend(handles=handles, loc="best", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -1005,8 +1365,15 @@ def parse_args(argv=None):
     p.add_argument("--dtype", choices=["float32", "float64", "bfloat16", "float16"], default="float32",
                    help="bfloat16 / float16 (CUDA only): both models converted with .to(dtype), inputs in "
                         "that dtype; parity is each "
-                        "one's error vs a float32 run of the same values; the GEMM ceiling stays float32 "
-                        "(lstm_ext computes bf16 in float32)")
+                        "one's error vs a float64 run (on the CPU also vs a float32 run) of the same values; "
+                        "on the CPU the GEMM ceiling "
+                        "stays float32 (lstm_ext computes bf16 in float32)")
+    p.add_argument("--fp32-precision", choices=["default", "strict", "both"], default="both",
+                   help="CUDA float32 only (ignored elsewhere): time each case with torch's default TF32 "
+                        "flags (default: cudnn.allow_tf32=True, so torch.nn's cuDNN and lstm_ext's GEMMs may "
+                        "use TF32), with strict float32 (strict: cudnn.allow_tf32 and cuda.matmul.allow_tf32 "
+                        "False), or both, one after the other; both implementations of a row run under the "
+                        "same flags, and the user's flags are restored afterwards")
     p.add_argument("--kernel", default=None, metavar="NAME",
                    help="set LSTM_EXT_CPU_KERNEL=NAME for the run: one of torch.ops.lstm_ext.cpu_kernels() "
                         "(e.g. avx512, avx2, generic, reference) or auto; default: the environment's")
@@ -1075,6 +1442,11 @@ def main(argv=None) -> int:
     if kernel_info.get("error"):
         sys.exit(f"error: {kernel_info['error']}")
     modes = ["inference", "training"] if args.mode == "both" else [args.mode]
+    # [None] where TF32 does not apply; on CUDA float32 "default" and/or "strict".
+    settings = precision_settings(device, dtype, args.fp32_precision)
+    if settings == [None] and args.fp32_precision != "both":
+        print(f"note: --fp32-precision {args.fp32_precision} ignored: TF32 applies to float32 on CUDA only",
+              file=sys.stderr)
     tol, grad_tol = (1e-4, 1e-3) if dtype == torch.float32 else (1e-9, 1e-8)
     timed = make_timer(device)
 
@@ -1085,7 +1457,9 @@ def main(argv=None) -> int:
     eff = kernel_info.get("effective")
     default = default_cpu_kernel(kernel_info.get("available") or [], dtype)
     kernel_suffix = f"-{eff}" if eff and default and eff != default else ""
-    stem = slug + dtype_suffix + kernel_suffix + (f"-{tag}" if tag else "")
+    # A run of one precision setting only gets its own files; both (the default) keep the plain name.
+    prec_suffix = f"-{settings[0]}" if len(settings) == 1 and settings[0] is not None else ""
+    stem = slug + dtype_suffix + kernel_suffix + prec_suffix + (f"-{tag}" if tag else "")
     os.makedirs(args.out_dir, exist_ok=True)
 
     warnings = []
@@ -1102,9 +1476,27 @@ def main(argv=None) -> int:
                   f"waiting up to {args.idle_wait:.0f} s for it to go idle", file=sys.stderr, flush=True)
             busy_before = wait_for_idle(args.idle_wait, BUSY_WARN / 2)
     gemm_time = 0.3 if args.quick else 1.0
-    gemm, gemm_load, _ = measure_on_quiet_machine(
-        lambda: gemm_ceiling(device, gemm_dtype, args.gemm_size, timed, min_time=gemm_time),
-        device, args, warn, "GEMM ceiling")
+    # On CUDA float32 the ceiling is a strict float32 GEMM, whatever the user's
+    # flags; where the "default" setting runs, a TF32 GEMM (cuda.matmul.allow_tf32)
+    # is the ceiling its rows are held against, as their GEMMs may use TF32.
+    cuda_fp32 = settings != [None]
+    tf32_ceiling = "default" in settings
+
+    def measure_ceilings(when: str):
+        with tf32_flags(False, False) if cuda_fp32 else tf32_flags(None):
+            main_c = measure_on_quiet_machine(
+                lambda: gemm_ceiling(device, gemm_dtype, args.gemm_size, timed, min_time=gemm_time),
+                device, args, warn, "GEMM ceiling" + when)
+        if not tf32_ceiling:
+            return main_c, None
+        with tf32_flags(True, True):
+            return main_c, measure_on_quiet_machine(
+                lambda: gemm_ceiling(device, gemm_dtype, args.gemm_size, timed, min_time=gemm_time),
+                device, args, warn, "GEMM ceiling (TF32)" + when)
+
+    (gemm, gemm_load, _), gemm_t = measure_ceilings("")
+    err_rules = ({s: err_rule_text(err_rule(dtype, s == "default")) for s in settings} if cuda_fp32
+                 else {args.dtype: err_rule_text(err_rule(dtype, False))})
     meta = {
         "machine": slug,
         "cpu_model": cpu_model(),
@@ -1126,12 +1518,27 @@ def main(argv=None) -> int:
         "timing": {"warmup": args.warmup, "min_repeats": args.repeats, "max_repeats": args.max_repeats,
                    "min_time_s": args.min_time, "statistic": "median of interleaved rounds",
                    "timer": "torch.cuda.Event" if device.type == "cuda" else "time.perf_counter"},
-        "parity_tolerance": ({"rule": f"ours <= {BF16_FACTOR:g} * torch.nn + {BF16_FLOOR:g} * max|ref|",
-                              "reference": "float32 of the same bfloat16 weights and inputs"}
-                             if dtype in LOW_PRECISION else {"forward_atol_rtol": tol, "grad_rel": grad_tol}),
+        "parity_tolerance": {
+            **({"rule": f"ours <= {BF16_FACTOR:g} * torch.nn + {BF16_FLOOR:g} * max|ref|",
+                "reference": "float32 of the same bfloat16 weights and inputs"}
+               if dtype in LOW_PRECISION else {"forward_atol_rtol": tol, "grad_rel": grad_tol}),
+            # The check against float64 (ext_err / torch_err / tol in each case's parity).
+            "float64_check": {
+                "reference": "torch.nn in float64 on the same device, same weights and inputs",
+                "measure": "||out - ref|| / ||ref|| per output tensor and, in training, per gradient",
+                "rules": err_rules,
+                # On the CPU the direct check above decides too (as before); on CUDA it is recorded only.
+                "direct_check_decides": device.type == "cpu"}},
+        "fp32_precision": ({"settings": settings,
+                            "flags": {s: dict(zip(("cudnn.allow_tf32", "cuda.matmul.allow_tf32"), FP32_SETTINGS[s]))
+                                      for s in settings},
+                            "user_flags": tf32_flags_now()} if cuda_fp32 else None),
         "cpu_kernel": kernel_info,
-        "gemm_ceiling": {**gemm, "dtype": str(gemm_dtype).replace("torch.", "")},
+        "gemm_ceiling": {**gemm, "dtype": str(gemm_dtype).replace("torch.", ""),
+                         **({"tf32": False} if cuda_fp32 else {})},
     }
+    if gemm_t is not None:
+        meta["gemm_ceiling_tf32"] = {**gemm_t[0], "dtype": "float32", "tf32": True}
     print(f"machine   {slug}  ({meta['device_name']}, {threads} threads of {os.cpu_count()} cores)")
     print(f"torch     {torch.__version__} (cpu capability {meta['torch_cpu_capability']}, "
           f"mkldnn {'on' if meta['torch_mkldnn_enabled'] else 'off'})")
@@ -1141,7 +1548,15 @@ def main(argv=None) -> int:
         print(f"kernel    {kernel_info['effective']}  ({KERNEL_ENV}={kernel_info['env'] or '(unset)'}; "
               f"available: {', '.join(kernel_info['available'])})")
     print(f"GEMM      {gemm['gflops']:.1f} GFLOP/s  (torch.mm {gemm['n']}x{gemm['n']} "
-          f"{meta['gemm_ceiling']['dtype']}, median)")
+          f"{meta['gemm_ceiling']['dtype']}{', strict' if cuda_fp32 else ''}, median)")
+    if gemm_t is not None:
+        print(f"GEMM tf32 {gemm_t[0]['gflops']:.1f} GFLOP/s  (the same with cuda.matmul.allow_tf32=True: "
+              f"the ceiling of the tf32 rows)")
+    if cuda_fp32:
+        print("precision " + ", then ".join(
+            f"{s} ({PRECISION_LABEL[s]}: cudnn.allow_tf32={FP32_SETTINGS[s][0]}, "
+            f"cuda.matmul.allow_tf32={FP32_SETTINGS[s][1]})" for s in settings)
+            + "; user's flags restored after each")
     print(flush=True)
 
     if busy_before is not None and busy_before > BUSY_WARN:
@@ -1150,19 +1565,18 @@ def main(argv=None) -> int:
 
     t_start = time.perf_counter()
     records = []
-    with tqdm(total=len(shapes) * len(modes), desc="benchmark", unit="case", file=sys.stderr,
+    with tqdm(total=len(shapes) * len(modes) * len(settings), desc="benchmark", unit="case", file=sys.stderr,
               dynamic_ncols=True) as bar:
         for shape in shapes:
             bar.set_postfix_str(shape.label)
-            recs = run_shape(shape, modes, ext_classes, device, dtype, timed, args, tol, grad_tol, warn)
+            recs = run_shape(shape, modes, settings, ext_classes, device, dtype, timed, args, tol, grad_tol,
+                             warn)
             records.extend(recs)
             bar.update(len(recs))
     meta["elapsed_s"] = round(time.perf_counter() - t_start, 1)
     # A second GEMM measurement brackets the run: if the machine's speed changed
     # (load, throttling) the two disagree and the results deserve suspicion.
-    gemm_after, gemm_after_load, _ = measure_on_quiet_machine(
-        lambda: gemm_ceiling(device, gemm_dtype, args.gemm_size, timed, min_time=gemm_time),
-        device, args, warn, "GEMM ceiling (after)")
+    (gemm_after, gemm_after_load, _), gemm_t_after = measure_ceilings(" (after)")
     busy_after = cpu_busy_fraction() if device.type == "cpu" else None
     drift = gemm_after["gflops"] / gemm["gflops"] - 1.0
     meta["stability"] = {"cpu_busy_before": busy_before, "cpu_busy_after": busy_after,
@@ -1171,6 +1585,11 @@ def main(argv=None) -> int:
     # Contention only ever slows a GEMM down, so the better of the two is the ceiling.
     meta["gemm_ceiling"]["gflops"] = max(gemm["gflops"], gemm_after["gflops"])
     meta["gemm_ceiling"]["median_ms"] = min(gemm["median_ms"], gemm_after["median_ms"])
+    if gemm_t is not None:
+        meta["stability"].update(gemm_tf32_gflops_before=gemm_t[0]["gflops"],
+                                 gemm_tf32_gflops_after=gemm_t_after[0]["gflops"])
+        meta["gemm_ceiling_tf32"]["gflops"] = max(gemm_t[0]["gflops"], gemm_t_after[0]["gflops"])
+        meta["gemm_ceiling_tf32"]["median_ms"] = min(gemm_t[0]["median_ms"], gemm_t_after[0]["median_ms"])
     if abs(drift) > 0.15 or (busy_after is not None and busy_after > BUSY_WARN):
         warn(f"!!! machine speed varied: GEMM {gemm['gflops']:.1f} -> {gemm_after['gflops']:.1f} GFLOP/s "
              f"({100 * drift:+.0f}%) before/after the suite, other-process CPU use after: "
@@ -1178,40 +1597,63 @@ def main(argv=None) -> int:
              f"uncertain by about that much, interleaved speedups much less")
     for r in records:
         if "ext_gflops" in r:
-            r["gemm_efficiency"] = r["ext_gflops"] / meta["gemm_ceiling"]["gflops"]
-    meta["geomean_speedup"] = geomean_speedups(records)
-    meta["geomean_speedup_by_variant"] = geomean_by_variant(records)
-    meta["summary_by_group"] = summary_by_group(records)
-    meta["min_speedup"] = min_speedups(records)
+            # The "default" rows' GEMMs may use TF32: their ceiling is the TF32 GEMM.
+            ceiling = meta["gemm_ceiling_tf32" if r.get("precision") == "default" else "gemm_ceiling"]
+            r["gemm_efficiency"] = r["ext_gflops"] / ceiling["gflops"]
+    # The top-level summaries describe the first setting (on CUDA float32 with
+    # both: "default", torch's defaults, as earlier runs); by_precision has each.
+    by_prec = {s: summaries([r for r in records if r.get("precision") == s]) for s in settings}
+    meta.update(by_prec[settings[0]])
+    if cuda_fp32:
+        meta["headline_precision"] = settings[0]
+        meta["by_precision"] = by_prec
 
     print(format_table(records, meta["gemm_ceiling"]["gflops"]))
-    notes = []
+    notes = ["parity: relative error ||out - ref|| / ||ref|| against a float64 torch.nn run: lstm_ext's (ext), "
+             "torch.nn's (torch)\n        and lstm_ext's tolerance (tol), for the output or (training) gradient "
+             "nearest its tolerance"]
+    if any(r.get("parity", {}).get("direct_decides") and False in (r["parity"].get("fwd_direct_ok"),
+                                                                    r["parity"].get("grad_direct_ok"))
+           for r in records):
+        notes.append("direct = the direct lstm_ext vs torch.nn comparison failed (on the CPU it decides too)")
+    if cuda_fp32:
+        notes.append("precision: tf32 = --fp32-precision default (torch's defaults, cudnn.allow_tf32=True: both "
+                     "may use TF32;\n        % GEMM of the TF32 ceiling), fp32 = strict (cudnn and cuda.matmul "
+                     "allow_tf32=False)")
     if any(not r.get("parity", {}).get("ok") for r in records):
         notes.append("!! = parity failed: timing of a broken implementation")
     if any(_busy(r) for r in records):
         notes.append(f"~ = other processes used >{100 * BUSY_WARN:.0f}% of the CPUs while this case was timed")
-    if notes:
-        print("\n".join(notes))
-    print()
-    for mode, g in meta["geomean_speedup"].items():
-        extra = f"   !! {g['parity_failures']} case(s) failed parity" if g["parity_failures"] else ""
-        if g["busy_cases"]:
-            extra += f"   ~ {g['busy_cases']} case(s) timed on a busy machine"
-        print(f"geomean speedup ({mode}): {g['geomean']:.2f}x over {g['n']} shapes{extra}")
-        by_variant = meta["geomean_speedup_by_variant"]
-        if len(by_variant) > 1:
-            print("    by variant: " + ", ".join(f"{v} {gv[mode]['geomean']:.2f}x ({gv[mode]['n']})"
-                                              for v, gv in by_variant.items() if mode in gv))
-    for group, per_mode in meta["summary_by_group"].items():
-        for mode, g in per_mode.items():
-            print(f"{group:5s} {mode:9s}: geomean {g['geomean']:.2f}x over {g['n']} shapes, "
-                  f"min {g['min_speedup']:.2f}x ({g['min_shape']}), ext at {100 * g['gemm_efficiency_min']:.1f}"
-                  f"-{100 * g['gemm_efficiency_max']:.1f}% of the GEMM ceiling")
-    for mode, m in meta["min_speedup"].items():
-        print(f"min speedup ({mode}): {m['speedup']:.2f}x  ({m['shape']})")
+    print("\n".join(notes))
+    for setting in settings:
+        summ = by_prec[setting]
+        print()
+        if setting is not None:
+            print(f"precision {setting} ({PRECISION_LABEL[setting]}):")
+        for mode, g in summ["geomean_speedup"].items():
+            extra = f"   !! {g['parity_failures']} case(s) failed parity" if g["parity_failures"] else ""
+            if g["busy_cases"]:
+                extra += f"   ~ {g['busy_cases']} case(s) timed on a busy machine"
+            print(f"geomean speedup ({mode}): {g['geomean']:.2f}x over {g['n']} shapes{extra}")
+            by_variant = summ["geomean_speedup_by_variant"]
+            if len(by_variant) > 1:
+                print("    by variant: " + ", ".join(f"{v} {gv[mode]['geomean']:.2f}x ({gv[mode]['n']})"
+                                                  for v, gv in by_variant.items() if mode in gv))
+        for group, per_mode in summ["summary_by_group"].items():
+            for mode, g in per_mode.items():
+                print(f"{group:5s} {mode:9s}: geomean {g['geomean']:.2f}x over {g['n']} shapes, "
+                      f"min {g['min_speedup']:.2f}x ({g['min_shape']}), ext at "
+                      f"{100 * g['gemm_efficiency_min']:.1f}-{100 * g['gemm_efficiency_max']:.1f}% of the GEMM ceiling")
+        for mode, m in summ["min_speedup"].items():
+            print(f"min speedup ({mode}): {m['speedup']:.2f}x  ({m['shape']})")
+    if cuda_fp32:
+        print()
     print(f"GEMM ceiling: {meta['gemm_ceiling']['gflops']:.1f} GFLOP/s {meta['gemm_ceiling']['dtype']} "
           f"(before {gemm['gflops']:.1f}, after {gemm_after['gflops']:.1f}; % GEMM = ext GFLOP/s / "
           f"the better)")
+    if gemm_t is not None:
+        print(f"GEMM ceiling (TF32, of the tf32 rows): {meta['gemm_ceiling_tf32']['gflops']:.1f} GFLOP/s "
+              f"(before {gemm_t[0]['gflops']:.1f}, after {gemm_t_after[0]['gflops']:.1f})")
     print(f"suite time: {meta['elapsed_s']:.1f} s")
 
     json_path = os.path.join(args.out_dir, stem + ".json")
