@@ -2,12 +2,15 @@
 #
 #   make bench       set up, build, benchmark lstm_ext.LSTM vs torch.nn.LSTM
 #                    (extra flags: make bench BENCH_ARGS="--quick")
-#   make test        set up, build, nvcc compile check (if nvcc is on PATH),
+#   make test        set up, build, nvcc compile check and real CUDA build (if
+#                    nvcc is on PATH; LSTM_EXT_CUDA_BUILD=0 skips the build),
 #                    run the test suite, then the sanitizer subset (ASan+UBSan,
 #                    out of tree; skipped with SANITIZE=0 or without libasan)
 #   make build       set up the build tools and build lstm_ext/_C*.so in place
 #   make install     pip install --no-build-isolation -e . (into $(PYTHON)'s env)
 #   make cuda-check  nvcc-compile csrc/cuda/*.cu for sm_80/sm_90 (no torch needed)
+#   make cuda-build  build the CUDA extension against a CUDA torch in
+#                    its own venv (build/cuda-venv), import it, run its error-path tests
 #   make cmake       configure and build the C++ library with CMake (build/cmake)
 #   make sanitize    build with ASan+UBSan out of tree (build/sanitize) and run a
 #                    test subset under them (scripts/sanitize_check.sh; own
@@ -24,17 +27,18 @@ SANITIZE_ARGS ?=
 SANITIZE ?= 1
 export PYTHON
 
-.PHONY: help test bench build install cuda-check cmake sanitize clean
+.PHONY: help test bench build install cuda-check cuda-build cmake sanitize clean
 
 help:
-	@sed -n '3,19p' Makefile
+	@sed -n '3,22p' Makefile
 
 test:
 	bash scripts/bootstrap.sh test
 	@if command -v nvcc >/dev/null 2>&1; then \
 	  bash scripts/cuda_compile_check.sh; \
+	  bash scripts/cuda_build_check.sh; \
 	else \
-	  echo "[cuda-check] nvcc not on PATH: skipped"; \
+	  echo "[cuda-check] nvcc not on PATH: compile check and CUDA build skipped"; \
 	fi
 	$(PYTHON) -m pytest -q tests
 	@if [ "$(SANITIZE)" = 0 ]; then \
@@ -55,6 +59,9 @@ install:
 
 cuda-check:
 	bash scripts/cuda_compile_check.sh
+
+cuda-build:
+	bash scripts/cuda_build_check.sh
 
 cmake:
 	cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release

@@ -1,14 +1,49 @@
 #!/usr/bin/env bash
-# Verify the CUDA path on a GPU machine in one call: build, run the whole
-# test suite with CUDA, compute-sanitizer (memcheck, racecheck) on a subset,
-# and the benchmark against cuDNN. Logs and results go to $OUT (default
-# /tmp/lstm_ext_gpu), the benchmark JSON/PNG to $OUT/results.
+# Verify the CUDA path on a GPU machine in one call: build, the whole test
+# suite, compute-sanitizer, and the benchmark against cuDNN at equal precision.
 #
-#   bash scripts/gpu_verify.sh [build] [test] [sanitize] [bench] [bench-bf16]
+#   bash scripts/gpu_verify.sh [STAGE...]
 #
-# With no argument it runs every stage. Each stage logs to $OUT/<stage>.log
-# and appends one line to $OUT/summary.txt; the script exits non-zero if any
-# stage failed, after running the rest.
+# Stages (all, in this order, when none is named):
+#   build       setup.py build_ext --inplace for this GPU's architecture
+#               (TORCH_CUDA_ARCH_LIST defaults to the GPU's capability, e.g.
+#               9.0 on an H200: ~47 s with 16 jobs). Skipped when an
+#               lstm_ext/_C*.so with CUDA kernels is already there (a copy of
+#               the one a first run wrote to $OUT); FORCE_BUILD=1 rebuilds.
+#   diag        scripts/stream_bindings.py: which loaded libraries export
+#               libstdc++'s stream symbols and where the extension's stream
+#               references bind (evidence for the crash root cause,
+#               csrc/message.h).
+#   test        the whole suite (CPU and CUDA) with pytest-xdist (~1-2 min);
+#               then the CUDA cases forced onto the standard path and the
+#               persistent tests forced onto the persistent kernels.
+#   tensorcore  the tensor-core persistent kernel (LSTM_EXT_CUDA_PATH=tensorcore,
+#               opt-in, never run before): its tests.
+#   sanitize    compute-sanitizer memcheck on a CUDA subset and on the
+#               tensor-core tests; racecheck and synccheck on the persistent
+#               and the tensor-core kernels.
+#   bench       benchmarks/bench.py --device cuda: float32 at the default
+#               (TF32) and strict settings, then bfloat16; JSON + PNG.
+#   bench-tc    the same benchmark with LSTM_EXT_CUDA_PATH=tensorcore on the
+#               tensor-core targets' shapes, bfloat16 and TF32.
+#
+# Expected on an H200 (measured there on 2026-12-04 where marked, else
+# estimated): build 47 s (measured), test ~2 min (CUDA half 37 s measured),
+# tensorcore ~30 s, sanitize ~3 min, bench ~1.5 min, bench-tc ~1 min: about
+# 9 minutes in all. With less device time, run `build test bench` first and
+# the rest in a second call (the .so it left in $OUT, copied back to
+# lstm_ext/, skips the build).
+#
+# Every stage has a time limit (STAGE_TIMEOUT, default 240 s), logs to
+# $OUT/logs/<stage>.log and adds a line to $OUT/summary.txt; the script runs
+# every stage and exits non-zero if one failed. What comes back from a lent
+# machine is at most 8 files, so $OUT holds: summary.txt, logs.tar.gz (with
+# the tensor-core benchmark's JSON/PNG), the built .so, and the benchmark's
+# JSON and PNG for float32 and bfloat16 (results/).
+#
+# VERIFY_REV names the commit verified (the copy on a lent machine has no .git).
+# Python packages the machine lacks (expecttest, for opcheck) are installed
+# from wheels in .whl/ when present (pip install --target /tmp/site).
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -16,66 +51,124 @@ cd "$ROOT"
 OUT=${OUT:-/tmp/lstm_ext_gpu}
 PYTHON=${PYTHON:-python3}
 JOBS=${MAX_JOBS:-$(nproc)}
-mkdir -p "$OUT/results"
+WORKERS=${PYTEST_WORKERS:-12}
+STAGE_TIMEOUT=${STAGE_TIMEOUT:-240}
+export PYTHONUNBUFFERED=1
+mkdir -p "$OUT/logs" "$OUT/results"
 : >"$OUT/summary.txt"
 STAGES=("$@")
-((${#STAGES[@]})) || STAGES=(build test sanitize bench bench-bf16)
+((${#STAGES[@]})) || STAGES=(build diag test tensorcore sanitize bench bench-tc)
 failed=0
 
-stage() {  # stage NAME COMMAND...: run, log, time, record the outcome
+stage() {  # stage NAME COMMAND...: run under the time limit, log, record the outcome
   local name=$1; shift
-  local start=$SECONDS
+  local start=$SECONDS rc=0
   echo "== $name: $*"
-  if "$@" >"$OUT/$name.log" 2>&1; then
-    echo "ok   $name ($((SECONDS - start)) s)" | tee -a "$OUT/summary.txt"
+  timeout "$STAGE_TIMEOUT" "$@" >"$OUT/logs/$name.log" 2>&1 || rc=$?
+  if ((rc == 0)); then
+    echo "ok   $name ($((SECONDS - start)) s): $(tail -n 1 "$OUT/logs/$name.log")" | tee -a "$OUT/summary.txt"
   else
-    echo "FAIL $name ($((SECONDS - start)) s, rc $?): tail of $OUT/$name.log" | tee -a "$OUT/summary.txt"
-    tail -n 30 "$OUT/$name.log"
+    echo "FAIL $name ($((SECONDS - start)) s, rc $rc): $(tail -n 1 "$OUT/logs/$name.log")" | tee -a "$OUT/summary.txt"
+    tail -n 25 "$OUT/logs/$name.log"
     failed=1
   fi
 }
 
-nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 || true
-"$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())" \
-  | tee "$OUT/env.txt"
+pack() {  # the files that come back: logs in one archive, the .so, the results
+  # (at most 8 files come back: the tensor-core runs' JSON/PNG go in the archive)
+  mv "$OUT"/results/*-tensorcore* "$OUT/logs/" 2>/dev/null
+  tar -C "$OUT" -czf "$OUT/logs.tar.gz" logs 2>/dev/null && rm -rf "$OUT/logs"
+  # stripped of debug sections: a file that comes back may hold 16 MiB
+  for so in lstm_ext/_C*.so; do [[ -f $so ]] && strip --strip-debug -o "$OUT/$(basename "$so")" "$so"; done
+}
+trap pack EXIT
 
-# The subset the sanitizer runs: every CUDA kernel (standard forward and
-# backward in each dtype, projection, packed, reverse, RNN; the persistent
-# kernels forced), small shapes so it stays quick.
-SANITIZE_TESTS=(tests/test_cuda.py tests/test_ops.py tests/test_packed.py tests/test_projection.py
-                tests/test_rnn_ops.py -k "cuda and not gradcheck and not compile and not long and not large"
-                -p no:cacheprovider)
+if compgen -G ".whl/*.whl" >/dev/null; then
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+
+"$PYTHON" - <<'EOF' | tee "$OUT/logs/env.txt" | tee -a "$OUT/summary.txt"
+import os, torch
+p = torch.cuda.get_device_properties(0)
+print(f"torch {torch.__version__} cuda {torch.version.cuda} cudnn {torch.backends.cudnn.version()} "
+      f"{p.name} sm_{p.major}{p.minor} {p.multi_processor_count} SMs; git "
+      + (os.environ.get("VERIFY_REV") or "unknown (set VERIFY_REV)"))
+EOF
+nvidia-smi >"$OUT/logs/nvidia-smi.txt" 2>&1 || true
+ARCH=${TORCH_CUDA_ARCH_LIST:-$("$PYTHON" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")}
+
+has_cuda_build() {
+  "$PYTHON" -c "import sys; sys.path.insert(0, '.'); from lstm_ext.ops import SUPPORTED_DEVICE_TYPES as d; sys.exit('cuda' not in d)" 2>/dev/null
+}
+
+# compute-sanitizer subsets: every CUDA kernel at small shapes; the
+# persistent and tensor-core kernels (shared memory between threads, a grid
+# barrier) also under racecheck and synccheck.
+MEMCHECK_TESTS=(tests/test_cuda.py tests/test_ops.py tests/test_packed.py tests/test_projection.py
+                tests/test_rnn_ops.py
+                -k "cuda and not gradcheck and not compile and not long and not large and not opcheck"
+                -p no:cacheprovider -x)
+PERSISTENT_TESTS=(tests/test_cuda.py -k "persistent and not long and not large" -p no:cacheprovider -x)
+TC_RACE_TESTS=(tests/test_tensorcore.py -k "B3-H33 or B9-H1024 or k_chunks or packed or repeated"
+               -p no:cacheprovider -x)
+# The tensor-core benchmark shapes (the issue's targets; forced path).
+TC_SHAPES_BF16=(100x1x256x256 100x8x1024x1024 100x16x256x256:L2 100x64x512x512 100x64x1024x1024
+                100x128x1024x1024 100x256x1024x1024 1000x4x512x512)
+TC_SHAPES_TF32=(100x1x256x256 100x4x512x512 100x8x1024x1024 100x64x512x512 100x64x1024x1024
+                1000x4x512x512)
 
 for s in "${STAGES[@]}"; do
   case $s in
     build)
-      stage build env USE_CUDA=1 MAX_JOBS="$JOBS" "$PYTHON" setup.py build_ext --inplace ;;
+      if [[ "${FORCE_BUILD:-0}" != 1 ]] && has_cuda_build; then
+        echo "ok   build (skipped: lstm_ext/_C*.so with CUDA kernels is present)" | tee -a "$OUT/summary.txt"
+      else
+        stage build env USE_CUDA=1 TORCH_CUDA_ARCH_LIST="$ARCH" MAX_JOBS="$JOBS" \
+          "$PYTHON" setup.py build_ext --inplace
+      fi ;;
+    diag)
+      stage diag "$PYTHON" scripts/stream_bindings.py cuda ;;
     test)
-      # xdist when available: the CPU half of the suite is the slow one.
-      xdist=()
-      "$PYTHON" -c "import xdist" 2>/dev/null && xdist=(-n 8)
-      stage test "$PYTHON" -m pytest -q ${xdist[@]+"${xdist[@]}"} tests
+      stage test "$PYTHON" -m pytest -q -n "$WORKERS" -p no:cacheprovider tests
       # auto sends small batches to the persistent kernels: run the CUDA cases
       # again on the standard path, and the persistent tests with it forced.
-      stage test-standard env LSTM_EXT_CUDA_PATH=standard "$PYTHON" -m pytest -q \
-        ${xdist[@]+"${xdist[@]}"} tests -k cuda
-      stage test-persistent env LSTM_EXT_CUDA_PATH=persistent "$PYTHON" -m pytest -q \
-        tests/test_cuda.py -k persistent ;;
+      stage test-standard env LSTM_EXT_CUDA_PATH=standard "$PYTHON" -m pytest -q -n "$WORKERS" \
+        -p no:cacheprovider tests -k cuda
+      stage test-persistent env LSTM_EXT_CUDA_PATH=persistent "$PYTHON" -m pytest -q -n "$WORKERS" \
+        -p no:cacheprovider tests/test_cuda.py -k persistent ;;
+    tensorcore)
+      # Forces the path itself; float64 parity, bit-identical repeats, refusals.
+      stage tensorcore "$PYTHON" -m pytest -q -n "$WORKERS" -p no:cacheprovider tests/test_tensorcore.py ;;
     sanitize)
-      # Without the caching allocator, an access past a tensor's end leaves
-      # its allocation and memcheck sees it.
+      # Without the caching allocator an access past a tensor's end leaves its
+      # allocation, and memcheck sees it.
       stage memcheck env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck \
-        --leak-check no --error-exitcode 3 "$PYTHON" -m pytest -q "${SANITIZE_TESTS[@]}"
-      # Only the persistent kernels share memory between threads.
-      stage racecheck compute-sanitizer --tool racecheck --error-exitcode 3 \
-        "$PYTHON" -m pytest -q tests/test_cuda.py -k "persistent and not long and not large" \
-        -p no:cacheprovider ;;
+        --leak-check no --error-exitcode 3 "$PYTHON" -m pytest -q "${MEMCHECK_TESTS[@]}"
+      stage memcheck-tc env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck \
+        --leak-check no --error-exitcode 3 "$PYTHON" -m pytest -q tests/test_tensorcore.py \
+        -k "not many_steps" -p no:cacheprovider -x
+      for tool in racecheck synccheck; do
+        stage "$tool" compute-sanitizer --tool "$tool" --error-exitcode 3 \
+          "$PYTHON" -m pytest -q "${PERSISTENT_TESTS[@]}"
+        stage "$tool-tc" compute-sanitizer --tool "$tool" --error-exitcode 3 \
+          "$PYTHON" -m pytest -q "${TC_RACE_TESTS[@]}"
+      done ;;
     bench)
-      stage bench "$PYTHON" benchmarks/bench.py --device cuda --out-dir "$OUT/results" ;;
-    bench-bf16)
-      stage bench-bf16 "$PYTHON" benchmarks/bench.py --device cuda --dtype bfloat16 --out-dir "$OUT/results" ;;
+      stage bench-fp32 "$PYTHON" benchmarks/bench.py --device cuda --fp32-precision both --min-time 0.3 \
+        --out-dir "$OUT/results"
+      stage bench-bf16 "$PYTHON" benchmarks/bench.py --device cuda --dtype bfloat16 --min-time 0.3 \
+        --out-dir "$OUT/results" ;;
+    bench-tc)
+      # The tensor-core path forced (strict float32 is refused there, so fp32
+      # runs at the default TF32 setting only).
+      stage bench-tc-bf16 env LSTM_EXT_CUDA_PATH=tensorcore "$PYTHON" benchmarks/bench.py --device cuda \
+        --dtype bfloat16 --min-time 0.3 --tag tensorcore --out-dir "$OUT/results" --shapes "${TC_SHAPES_BF16[@]}"
+      stage bench-tc-tf32 env LSTM_EXT_CUDA_PATH=tensorcore "$PYTHON" benchmarks/bench.py --device cuda \
+        --fp32-precision default --min-time 0.3 --tag tensorcore --out-dir "$OUT/results" \
+        --shapes "${TC_SHAPES_TF32[@]}" ;;
     *)
-      echo "unknown stage: $s (build, test, sanitize, bench, bench-bf16)" >&2; exit 2 ;;
+      echo "unknown stage: $s (build, diag, test, tensorcore, sanitize, bench, bench-tc)" >&2; exit 2 ;;
   esac
 done
 
