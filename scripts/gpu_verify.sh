@@ -43,7 +43,10 @@
 #
 # VERIFY_REV names the commit verified (the copy on a lent machine has no .git).
 # Python packages the machine lacks (expecttest, for opcheck) are installed
-# from wheels in .whl/ when present (pip install --target /tmp/site).
+# from wheels in .whl/ when present (pip install --target /tmp/site). Fetch
+# them on the machine that sends the call (ignored by git):
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#     --implementation cp --platform manylinux_2_28_x86_64 -d .whl expecttest==0.3.0
 set -uo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
