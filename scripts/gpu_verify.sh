@@ -30,12 +30,15 @@
 # Expected on an H200 (measured there on 2026-12-04 where marked, else
 # estimated): build 47 s (measured), test ~2 min (CUDA half 37 s measured),
 # tensorcore ~30 s, sanitize ~3 min, bench ~1.5 min, bench-tc ~1 min: about
-# 9 minutes in all. With less device time, run `build test bench` first and
-# the rest in a second call (the .so it left in $OUT, copied back to
-# lstm_ext/, skips the build).
+# 9 minutes in all, over one call's 10-minute limit with no margin: run it as
+# two calls, `build diag test bench` (~5 min) and then
+# `tensorcore sanitize bench-tc` (~5 min; the .so the first left in $OUT,
+# carried back to lstm_ext/, skips the build).
 #
-# Every stage has a time limit (STAGE_TIMEOUT, default 240 s), logs to
-# $OUT/logs/<stage>.log and adds a line to $OUT/summary.txt; the script runs
+# Every stage has a time limit (STAGE_TIMEOUT, default 180 s), logs to
+# $LOGS/<stage>.log (default /tmp/lstm_ext_gpu_logs, archived into
+# $OUT/logs.tar.gz after every stage, so a call cut off by its own limit still
+# brings them back) and adds a line to $OUT/summary.txt; the script runs
 # every stage and exits non-zero if one failed. What comes back from a lent
 # machine is at most 8 files, so $OUT holds: summary.txt, logs.tar.gz (with
 # the tensor-core benchmark's JSON/PNG), the built .so, and the benchmark's
@@ -55,9 +58,10 @@ OUT=${OUT:-/tmp/lstm_ext_gpu}
 PYTHON=${PYTHON:-python3}
 JOBS=${MAX_JOBS:-$(nproc)}
 WORKERS=${PYTEST_WORKERS:-12}
-STAGE_TIMEOUT=${STAGE_TIMEOUT:-240}
+STAGE_TIMEOUT=${STAGE_TIMEOUT:-180}
+LOGS=${LOGS:-/tmp/lstm_ext_gpu_logs}
 export PYTHONUNBUFFERED=1
-mkdir -p "$OUT/logs" "$OUT/results"
+mkdir -p "$LOGS" "$OUT/results"
 : >"$OUT/summary.txt"
 STAGES=("$@")
 ((${#STAGES[@]})) || STAGES=(build diag test tensorcore sanitize bench bench-tc)
@@ -67,20 +71,21 @@ stage() {  # stage NAME COMMAND...: run under the time limit, log, record the ou
   local name=$1; shift
   local start=$SECONDS rc=0
   echo "== $name: $*"
-  timeout "$STAGE_TIMEOUT" "$@" >"$OUT/logs/$name.log" 2>&1 || rc=$?
+  timeout "$STAGE_TIMEOUT" "$@" >"$LOGS/$name.log" 2>&1 || rc=$?
   if ((rc == 0)); then
-    echo "ok   $name ($((SECONDS - start)) s): $(tail -n 1 "$OUT/logs/$name.log")" | tee -a "$OUT/summary.txt"
+    echo "ok   $name ($((SECONDS - start)) s): $(tail -n 1 "$LOGS/$name.log")" | tee -a "$OUT/summary.txt"
   else
-    echo "FAIL $name ($((SECONDS - start)) s, rc $rc): $(tail -n 1 "$OUT/logs/$name.log")" | tee -a "$OUT/summary.txt"
-    tail -n 25 "$OUT/logs/$name.log"
+    echo "FAIL $name ($((SECONDS - start)) s, rc $rc): $(tail -n 1 "$LOGS/$name.log")" | tee -a "$OUT/summary.txt"
+    tail -n 25 "$LOGS/$name.log"
     failed=1
   fi
+  pack
 }
 
 pack() {  # the files that come back: logs in one archive, the .so, the results
   # (at most 8 files come back: the tensor-core runs' JSON/PNG go in the archive)
-  mv "$OUT"/results/*-tensorcore* "$OUT/logs/" 2>/dev/null
-  tar -C "$OUT" -czf "$OUT/logs.tar.gz" logs 2>/dev/null && rm -rf "$OUT/logs"
+  mv "$OUT"/results/*-tensorcore* "$LOGS/" 2>/dev/null
+  tar -C "$(dirname "$LOGS")" -czf "$OUT/logs.tar.gz" "$(basename "$LOGS")" 2>/dev/null
   # stripped of debug sections: a file that comes back may hold 16 MiB
   for so in lstm_ext/_C*.so; do [[ -f $so ]] && strip --strip-debug -o "$OUT/$(basename "$so")" "$so"; done
 }
@@ -91,14 +96,14 @@ if compgen -G ".whl/*.whl" >/dev/null; then
     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
 
-"$PYTHON" - <<'EOF' | tee "$OUT/logs/env.txt" | tee -a "$OUT/summary.txt"
+"$PYTHON" - <<'EOF' | tee "$LOGS/env.txt" | tee -a "$OUT/summary.txt"
 import os, torch
 p = torch.cuda.get_device_properties(0)
 print(f"torch {torch.__version__} cuda {torch.version.cuda} cudnn {torch.backends.cudnn.version()} "
       f"{p.name} sm_{p.major}{p.minor} {p.multi_processor_count} SMs; git "
       + (os.environ.get("VERIFY_REV") or "unknown (set VERIFY_REV)"))
 EOF
-nvidia-smi >"$OUT/logs/nvidia-smi.txt" 2>&1 || true
+nvidia-smi >"$LOGS/nvidia-smi.txt" 2>&1 || true
 ARCH=${TORCH_CUDA_ARCH_LIST:-$("$PYTHON" -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())")}
 
 has_cuda_build() {

@@ -8,8 +8,9 @@
  * checks build their messages without streams; this guard turns any stream
  * use that creeps back in into a failure on any machine, GPU or not.
  *
- * Interposed: the ostringstream constructor and the number inserters that a
- * TORCH_CHECK message with numbers instantiates (libstdc++'s mangled names).
+ * Interposed (libstdc++'s mangled names): the ostringstream constructors,
+ * the number, bool and pointer inserters, and the string and character
+ * writers a TORCH_CHECK message goes through.
  * iostream_guard_forwarded() counts the calls from other libraries (torch's),
  * so a test can check the guard is in place. */
 #define _GNU_SOURCE
@@ -80,8 +81,13 @@ INSERTER(_ZNSo9_M_insertImEERSoT_, unsigned long)
 INSERTER(_ZNSo9_M_insertIxEERSoT_, long long)
 INSERTER(_ZNSo9_M_insertIyEERSoT_, unsigned long long)
 INSERTER(_ZNSo9_M_insertIdEERSoT_, double)
+INSERTER(_ZNSo9_M_insertIeEERSoT_, long double)
+INSERTER(_ZNSo9_M_insertIbEERSoT_, int) /* bool, passed as an int register */
+INSERTER(_ZNSo9_M_insertIPKvEERSoT_, const void*)
 INSERTER(_ZNSolsEi, int)
 INSERTER(_ZNSolsEj, unsigned int)
+INSERTER(_ZNSolsEs, int) /* short, promoted */
+INSERTER(_ZNSo3putEc, int) /* char, promoted */
 
 /* std::__ostream_insert<char>(ostream&, const char*, long): strings. */
 void* _ZSt16__ostream_insertIcSt11char_traitsIcEERSt13basic_ostreamIT_T0_ES6_PKS3_l(void* os, const char* s,
@@ -94,10 +100,23 @@ void* _ZSt16__ostream_insertIcSt11char_traitsIcEERSt13basic_ostreamIT_T0_ES6_PKS
   return fn(os, s, n);
 }
 
-/* std::ostringstream::ostringstream() (complete-object constructor). */
-void _ZNSt7__cxx1119basic_ostringstreamIcSt11char_traitsIcESaIcEEC1Ev(void* self) {
-  static void (*fn)(void*);
-  check_caller(__builtin_return_address(0), "std::ostringstream::ostringstream");
-  if (!fn) fn = (void (*)(void*))real("_ZNSt7__cxx1119basic_ostringstreamIcSt11char_traitsIcESaIcEEC1Ev");
-  fn(self);
+/* std::ostream::write(const char*, long). */
+void* _ZNSo5writeEPKcl(void* os, const char* s, long n) {
+  static void* (*fn)(void*, const char*, long);
+  check_caller(__builtin_return_address(0), "std::ostream::write");
+  if (!fn) fn = (void* (*)(void*, const char*, long))real("_ZNSo5writeEPKcl");
+  return fn(os, s, n);
 }
+
+/* std::ostringstream::ostringstream(): the complete-object (C1) and base-object
+ * (C2) constructors. */
+#define CONSTRUCTOR(sym)                                                     \
+  void sym(void* self) {                                                     \
+    static void (*fn)(void*);                                                \
+    check_caller(__builtin_return_address(0), "std::ostringstream::ostringstream"); \
+    if (!fn) fn = (void (*)(void*))real(#sym);                               \
+    fn(self);                                                                \
+  }
+
+CONSTRUCTOR(_ZNSt7__cxx1119basic_ostringstreamIcSt11char_traitsIcESaIcEEC1Ev)
+CONSTRUCTOR(_ZNSt7__cxx1119basic_ostringstreamIcSt11char_traitsIcESaIcEEC2Ev)

@@ -63,16 +63,26 @@ def test_guard_intercepts_streams(guard):
     )
     res = _run_guarded(guard, ["-c", script], timeout=120)
     assert res.returncode == 0, res.stdout + res.stderr
+    assert "cannot be preloaded" not in res.stderr, res.stderr
     assert int(res.stdout.split()[-1]) > 0, res.stdout
 
 
 def test_error_paths_use_no_streams(guard):
-    res = _run_guarded(guard, ["-m", "pytest", "-q", "-p", "no:cacheprovider", "-x", *ERROR_PATH_TESTS],
-                       timeout=1200)
+    # pytest in the guarded process; it then reports how many stream calls
+    # the guard forwarded there (torch's), which proves the guard was active.
+    script = (
+        "import ctypes, sys, pytest\n"
+        f"rc = pytest.main(['-q', '-p', 'no:cacheprovider', '-x', *{ERROR_PATH_TESTS!r}])\n"
+        f"print('GUARD_FORWARDED', ctypes.CDLL({guard!r}).iostream_guard_forwarded())\n"
+        "sys.exit(int(rc))\n"
+    )
+    res = _run_guarded(guard, ["-c", script], timeout=1200)
     out = res.stdout + res.stderr
     assert "IOSTREAM_FROM_LSTM_EXT" not in out, out[-6000:]
     assert res.returncode == 0, out[-6000:]
     assert " passed" in res.stdout, out[-6000:]
+    forwarded = [line for line in res.stdout.splitlines() if line.startswith("GUARD_FORWARDED")]
+    assert forwarded and int(forwarded[-1].split()[1]) > 0, out[-6000:]
 
 
 @pytest.mark.parametrize("variable,value,pattern", [

@@ -338,10 +338,11 @@ def test_forced_persistent_path_refuses_what_it_cannot_run(persistent):
 
 def test_forced_persistent_refusal_comes_before_any_allocation(persistent):
     # The path is chosen right after the argument checks: a refused call has
-    # allocated nothing and launched nothing (on the old order it ran the
-    # input-projection GEMM first).
+    # allocated nothing and launched nothing (on the old order it copied
+    # strided inputs and ran the input-projection GEMM first).
     G = 4 * H
-    args = [_randn(T, B, I, dtype=torch.float64), _randn(G, I, dtype=torch.float64),
+    # x and w_ih strided: a copy to contiguous would be an allocation too.
+    args = [_randn(B, T, I, dtype=torch.float64).transpose(0, 1), _randn(I, G, dtype=torch.float64).t(),
             _randn(G, H, dtype=torch.float64), _randn(G, dtype=torch.float64),
             _randn(B, H, dtype=torch.float64), _randn(B, H, dtype=torch.float64)]
     torch.cuda.synchronize()

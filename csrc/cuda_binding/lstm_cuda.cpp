@@ -155,16 +155,16 @@ Outputs5 lstm_forward_cuda(const Tensor& x_in, const Tensor& w_ih_in, const Tens
   const LstmDims d =
       check_lstm_forward_args(x_in, w_ih_in, w_hh_in, bias, h0, c0, batch_sizes, w_hr_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const StepLayout L = make_step_layout(d.seq, batch_sizes);
   const int64_t N = d.seq.N, B = d.seq.B, H = d.H, P = d.P, G = 4 * H;
+  // The path choice may refuse (a forced path): before any work, copies included.
+  const LstmPath path =
+      choose_lstm_path(B, H, x_in.scalar_type(), d.projected, d.seq.packed, /*backward=*/false,
+                       x_in.get_device());
+  const StepLayout L = make_step_layout(d.seq, batch_sizes);
   const Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   const Tensor w_hr = present(w_hr_in) ? w_hr_in->contiguous() : Tensor();
   const auto opts = x.options();
   const auto copts = opts.dtype(compute_dtype(x.scalar_type()));
-  // The path choice may refuse (LSTM_EXT_CUDA_PATH=persistent): before any work.
-  const LstmPath path =
-      choose_lstm_path(B, H, x.scalar_type(), d.projected, d.seq.packed, /*backward=*/false,
-                       x.get_device());
   const GemmPrecision prec = rnn_gemm_precision(x.scalar_type());
 
   const Tensor proj = mm(x.view({N, d.I}), w_ih.t(), prec);
@@ -319,12 +319,12 @@ Grads7 lstm_backward_cuda(const OptTensor& grad_y_in, const OptTensor& grad_h_n,
       check_lstm_backward_args(grad_y_in, grad_h_n, grad_c_n, grad_cells_in, x_in, w_ih_in,
                                w_hh_in, h0, c0, y_in, gates_in, cells_in, batch_sizes, w_hr_in);
   const c10::cuda::CUDAGuard guard(x_in.device());
-  const StepLayout L = make_step_layout(d.seq, batch_sizes);
   const int64_t N = d.seq.N, B = d.seq.B, H = d.H, P = d.P, G = 4 * H;
-  // The path choice may refuse (LSTM_EXT_CUDA_PATH=persistent): before any work.
+  // The path choice may refuse (a forced path): before any work, copies included.
   const LstmPath path =
       choose_lstm_path(B, H, x_in.scalar_type(), d.projected, d.seq.packed, /*backward=*/true,
                        x_in.get_device());
+  const StepLayout L = make_step_layout(d.seq, batch_sizes);
   const GemmPrecision prec = rnn_gemm_precision(x_in.scalar_type());
   const Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous();
   const auto opts = x.options();
