@@ -57,29 +57,26 @@ Choice requested_path() {
                  "(experimental), got '", v, "'");
 }
 
-// Whether every block of the plan can be resident at once (cooperative launch).
-bool all_blocks_resident(const cuda::PersistentPlan& plan, at::ScalarType dtype, bool backward,
-                         int device, int sms) {
-  const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
-  bool fits = false;
-  cudaError_t err = cudaSuccess;
-  dispatch_persistent(dtype, "cuda_lstm_path", [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    err = cuda::persistent_lstm_fits<T>(plan, backward, sms, &fits);
-  });
-  C10_CUDA_CHECK(err);
-  return fits;
+// The residency query of each persistent kernel family, by its plan type.
+template <typename T>
+cudaError_t kernel_fits(const cuda::PersistentPlan& plan, bool backward, int sms, bool* fits) {
+  return cuda::persistent_lstm_fits<T>(plan, backward, sms, fits);
+}
+template <typename T>
+cudaError_t kernel_fits(const cuda::TensorCorePlan& plan, bool backward, int sms, bool* fits) {
+  return cuda::tensorcore_lstm_fits<T>(plan, backward, sms, fits);
 }
 
-// The same for the tensor-core kernels (cuda/tensorcore.h).
-bool all_tensorcore_blocks_resident(const cuda::TensorCorePlan& plan, at::ScalarType dtype,
-                                    bool backward, int device, int sms) {
+// Whether every block of the plan can be resident at once (cooperative launch).
+template <typename Plan>
+bool all_blocks_resident(const Plan& plan, at::ScalarType dtype, bool backward, int device,
+                         int sms) {
   const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
   bool fits = false;
   cudaError_t err = cudaSuccess;
   dispatch_persistent(dtype, "cuda_lstm_path", [&](auto tag) {
     using T = typename decltype(tag)::type;
-    err = cuda::tensorcore_lstm_fits<T>(plan, backward, sms, &fits);
+    err = kernel_fits<T>(plan, backward, sms, &fits);
   });
   C10_CUDA_CHECK(err);
   return fits;
@@ -133,7 +130,7 @@ LstmPath tensorcore_path(int64_t batch, int64_t hidden, at::ScalarType dtype, bo
   p.tc_plan = cuda::plan_tensorcore(batch, hidden, static_cast<int>(c10::elementSize(dtype)),
                                     l.sms, l.smem_optin, backward);
   if (!p.tc_plan.fits) refuse(p.tc_plan.why_not);
-  if (!all_tensorcore_blocks_resident(p.tc_plan, dtype, backward, device, l.sms)) {
+  if (!all_blocks_resident(p.tc_plan, dtype, backward, device, l.sms)) {
     refuse("its blocks cannot all be resident at once on this device");
   }
   const cuda::TensorCoreLayout& t = p.tc_plan.layout;
