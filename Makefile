@@ -18,8 +18,8 @@
 #   make clean       remove build outputs
 #
 # Variables: PYTHON (default python3), MAX_JOBS, BENCH_ARGS, SANITIZE (0: make test
-# skips the sanitizer run), SANITIZE_ARGS, and
-# the build options read by setup.py: USE_CUDA, LSTM_EXT_CPU_ISA, LSTM_EXT_SANITIZE.
+# skips the sanitizer run), SANITIZE_ARGS, the build options read by setup.py:
+# USE_CUDA, LSTM_EXT_CPU_ISA (make cmake too; scripts/cpu_isa.py decides), LSTM_EXT_SANITIZE.
 
 PYTHON ?= python3
 BENCH_ARGS ?=
@@ -64,7 +64,7 @@ cuda-build:
 	bash scripts/cuda_build_check.sh
 
 cmake:
-	cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release
+	cmake -S . -B build/cmake -DCMAKE_BUILD_TYPE=Release -DLSTM_EXT_CPU_ISA="$${LSTM_EXT_CPU_ISA:-auto}"
 	cmake --build build/cmake -j $${MAX_JOBS:-$$(nproc)}
 
 sanitize:

@@ -5,12 +5,17 @@ torch and the toolchain: CUDA is built when torch was built with CUDA and nvcc
 is found. ``USE_CUDA=0`` or ``USE_CUDA=1`` overrides that choice, so a build on
 a GPU-less machine is never silently CPU-only by accident.
 
+The CPU kernels' vector ISA (``LSTM_EXT_CPU_ISA``: auto, avx512bf16, avx512,
+avx2, default) is decided by scripts/cpu_isa.py, the single rule that
+CMakeLists.txt runs as well (``python3 scripts/cpu_isa.py`` prints the choice).
+
 Build without isolation, so the torch that is already installed is the one the
 extension is compiled against::
 
     pip install --no-build-isolation -e .
 """
 import glob
+import importlib.util
 import os
 import shutil
 
@@ -32,37 +37,20 @@ def _cuda_requested() -> bool:
 
 
 def _cpu_isa_flags() -> list:
-    """Vector ISA for ATen's at::vec in our CPU kernels, for the machine we build on.
+    """Vector ISA flags for ATen's at::vec in our CPU kernels (CPU_CAPABILITY_*
+    macros and -m options), for the machine we build on or as forced by
+    ``LSTM_EXT_CPU_ISA`` (auto, avx512bf16, avx512, avx2, default).
 
-    ATen picks its Vectorized<T> implementation from CPU_CAPABILITY_* macros;
-    without them it falls back to scalar loops. ``LSTM_EXT_CPU_ISA`` may force
-    ``avx512bf16``, ``avx512``, ``avx2`` or ``default`` (e.g. to build for an
-    older machine). avx512 adds -mavx512bf16 (the native bfloat16 forward,
-    csrc/cpu/fused/kernels_avx512bf16.cpp) when the build machine has avx512_bf16.
+    The rule lives in scripts/cpu_isa.py, which CMakeLists.txt runs too, so
+    both builds pick the same ISA; see that file for the rule.
     """
-    isa = os.environ.get("LSTM_EXT_CPU_ISA", "").lower()
-    flags = ""
+    spec = importlib.util.spec_from_file_location("lstm_ext_cpu_isa", os.path.join(ROOT, "scripts", "cpu_isa.py"))
+    cpu_isa = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cpu_isa)
     try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        pass
-    bf16 = isa == "avx512bf16" or (isa in ("", "avx512") and " avx512_bf16" in flags)
-    if isa == "avx512bf16":
-        isa = "avx512"
-    if not isa:
-        if all(f" {x}" in flags for x in ("avx512f", "avx512bw", "avx512vl", "avx512dq")):
-            isa = "avx512"
-        elif " avx2" in flags and " fma" in flags:
-            isa = "avx2"
-        else:
-            isa = "default"
-    if isa == "avx512":
-        return ["-DCPU_CAPABILITY=AVX512", "-DCPU_CAPABILITY_AVX512",
-                "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma"] + (["-mavx512bf16"] if bf16 else [])
-    if isa == "avx2":
-        return ["-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2", "-mavx2", "-mfma", "-mf16c"]
-    return ["-DCPU_CAPABILITY=DEFAULT"]
+        return cpu_isa.cxx_flags()
+    except ValueError as e:
+        raise SystemExit(f"lstm_ext: {e}") from None
 
 
 def _cublas():
@@ -79,8 +67,6 @@ def _cublas():
     wheel's copies of the runtime headers never shadow the toolkit's (nvcc must
     see its own).
     """
-    import importlib.util
-
     home = cpp_extension.CUDA_HOME or ""
     toolkit_include = os.path.join(home, "include")
     wanted = ("cublas_v2.h", "cublasLt.h", "cusparse.h", "cusolverDn.h")

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Time lstm_ext.LSTM / lstm_ext.RNN against torch.nn.LSTM / torch.nn.RNN,
+"""Time lstm_ext.LSTM / RNN / GRU against torch.nn.LSTM / RNN / GRU,
 for inference and for training, on padded or packed input.
 
 Both implementations get identical weights and inputs and run interleaved in
@@ -57,10 +57,11 @@ if REPO_ROOT not in sys.path:
 # --------------------------------------------------------------------------- shapes
 
 # Keys are torch's own names for the recurrences (torch.nn.RNNBase.mode), as
-# recorded in the JSON. Matmul rows per hidden unit: LSTM has 4 gates, RNN one.
-GATES = {"LSTM": 4, "RNN_TANH": 1, "RNN_RELU": 1}
-_MODEL_PREFIX = {"LSTM": "", "RNN_TANH": "RNN ", "RNN_RELU": "RNN-relu "}
-_MODEL_OPT = {"LSTM": "", "RNN_TANH": ":rnn", "RNN_RELU": ":rnn-relu"}
+# recorded in the JSON. Matmul rows per hidden unit: LSTM has 4 gates, GRU 3,
+# RNN one.
+GATES = {"LSTM": 4, "RNN_TANH": 1, "RNN_RELU": 1, "GRU": 3}
+_MODEL_PREFIX = {"LSTM": "", "RNN_TANH": "RNN ", "RNN_RELU": "RNN-relu ", "GRU": "GRU "}
+_MODEL_OPT = {"LSTM": "", "RNN_TANH": ":rnn", "RNN_RELU": ":rnn-relu", "GRU": ":gru"}
 
 
 @dataclass(frozen=True)
@@ -138,8 +139,17 @@ GPU_SMALL_SHAPES = [
     Shape(100, 8, 1024, 1024),
     Shape(1000, 4, 512, 512),
 ]
-CPU_GROUPS = {"small": SMALL_SHAPES, "large": LARGE_SHAPES}
-GPU_GROUPS = {"gpu-large": GPU_LARGE_SHAPES, "gpu-small": GPU_SMALL_SHAPES}
+# The GRU issue's targets are the same small and large shapes, as nn.GRU.
+GRU_SMALL_SHAPES = [Shape(s.T, s.B, s.I, s.H, s.layers, model="GRU") for s in SMALL_SHAPES]
+GRU_LARGE_SHAPES = [Shape(s.T, s.B, s.I, s.H, s.layers, model="GRU") for s in LARGE_SHAPES]
+GPU_GRU_SHAPES = [
+    Shape(100, 64, 512, 512, model="GRU"),
+    Shape(100, 256, 1024, 1024, model="GRU"),
+    Shape(100, 8, 1024, 1024, model="GRU"),
+]
+CPU_GROUPS = {"small": SMALL_SHAPES, "large": LARGE_SHAPES,
+              "gru-small": GRU_SMALL_SHAPES, "gru-large": GRU_LARGE_SHAPES}
+GPU_GROUPS = {"gpu-large": GPU_LARGE_SHAPES, "gpu-small": GPU_SMALL_SHAPES, "gpu-gru": GPU_GRU_SHAPES}
 GROUPS = {**CPU_GROUPS, **GPU_GROUPS}
 
 DEFAULT_SUITE = [
@@ -150,6 +160,8 @@ DEFAULT_SUITE = [
     Shape(100, 16, 128, 128, bidirectional=True),
     Shape(100, 32, 256, 256, packed=True),
     Shape(100, 32, 256, 256, model="RNN_TANH"),
+    *GRU_SMALL_SHAPES,
+    *GRU_LARGE_SHAPES,
 ]
 
 
@@ -159,6 +171,7 @@ GPU_SUITE = [
     Shape(100, 64, 512, 512, layers=2, bidirectional=True),
     Shape(100, 64, 512, 512, packed=True),
     Shape(100, 64, 512, 512, model="RNN_TANH"),
+    *GPU_GRU_SHAPES,
 ]
 
 
@@ -181,15 +194,16 @@ QUICK_SUITE = [
     Shape(10, 2, 16, 16, layers=2, bidirectional=True),
     Shape(20, 4, 32, 32, packed=True),
     Shape(20, 4, 32, 32, model="RNN_TANH"),
+    Shape(20, 4, 32, 32, model="GRU"),
 ]
 
 _SHAPE_RE = re.compile(r"^(\d+)x(\d+)x(\d+)x(\d+)((?::[^:]+)*)$")
-_SHAPE_SYNTAX = "TxBxIxH[:L<layers>][:bi][:rnn|:rnn-relu][:packed]"
-_MODEL_OPTS = {"lstm": "LSTM", "rnn": "RNN_TANH", "rnn-tanh": "RNN_TANH", "rnn-relu": "RNN_RELU"}
+_SHAPE_SYNTAX = "TxBxIxH[:L<layers>][:bi][:rnn|:rnn-relu|:gru][:packed]"
+_MODEL_OPTS = {"lstm": "LSTM", "rnn": "RNN_TANH", "rnn-tanh": "RNN_TANH", "rnn-relu": "RNN_RELU", "gru": "GRU"}
 
 
 def parse_shape(text: str) -> Shape:
-    """Parse `TxBxIxH[:L<layers>][:bi][:rnn|:rnn-relu][:packed]`, e.g. `100x32x256x256:L2:bi:packed`."""
+    """Parse `TxBxIxH[:L<layers>][:bi][:rnn|:rnn-relu|:gru][:packed]`, e.g. `100x32x256x256:L2:bi:packed`."""
     m = _SHAPE_RE.match(text.strip().lower())
     if not m:
         raise argparse.ArgumentTypeError(
@@ -211,7 +225,7 @@ def parse_shape(text: str) -> Shape:
             model = new
         else:
             raise argparse.ArgumentTypeError(
-                f"bad shape option {opt!r} in {text!r}: use L<layers>, bi, rnn, rnn-relu, lstm or packed")
+                f"bad shape option {opt!r} in {text!r}: use L<layers>, bi, rnn, rnn-relu, gru, lstm or packed")
     if min(T, B, I, H, layers) < 1:
         raise argparse.ArgumentTypeError(f"bad shape {text!r}: all sizes must be >= 1")
     return Shape(T, B, I, H, layers, bidir, model or "LSTM", packed)
@@ -245,7 +259,7 @@ def rnn_flops(shape: Shape, mode: str) -> float:
 
     Per layer and direction the input and recurrent projections are
     2*N*G*H*(I_l + H), with N the real (unpadded) tokens and G the gate count
-    (4 for LSTM, 1 for RNN). Training counts 3x forward: the backward needs one
+    (4 for LSTM, 3 for GRU, 1 for RNN). Training counts 3x forward: the backward needs one
     product for the input gradient and one for the weight gradient, which is
     also why the benchmark input requires grad.
     """
@@ -427,7 +441,7 @@ def load_ext(module_name: str, class_names):
 
 def module_class_name(model: str) -> str:
     """torch.nn / lstm_ext class that implements `model` (RNN covers both nonlinearities)."""
-    return "LSTM" if model == "LSTM" else "RNN"
+    return "RNN" if model.startswith("RNN") else model
 
 
 # --------------------------------------------------------------------------- fp32 precision (CUDA)
@@ -577,7 +591,7 @@ def build_models(shape: Shape, ext_classes, device, dtype, seed: int = 0):
     kwargs = dict(input_size=shape.I, hidden_size=shape.H, num_layers=shape.layers, bias=True,
                   batch_first=False, dropout=0.0, bidirectional=shape.bidirectional,
                   device=device, dtype=build_dtype)
-    if shape.model != "LSTM":
+    if shape.model.startswith("RNN"):
         kwargs["nonlinearity"] = "relu" if shape.model == "RNN_RELU" else "tanh"
     name = module_class_name(shape.model)
     ref = getattr(torch.nn, name)(**kwargs)
@@ -1210,7 +1224,7 @@ def geomean_by_variant(records) -> dict:
 
 
 def summary_by_group(records) -> dict:
-    """Per group of the issue ("small", "large") and mode: geomean and minimum
+    """Per group of the issues ("small", "large", "gru-small", ...) and mode: geomean and minimum
     speedup, and the range of ext GFLOP/s as a fraction of the GEMM ceiling.
     Shapes outside the groups are left out (they are in geomean_speedup)."""
     out = {}
@@ -1353,7 +1367,7 @@ def write_plot(path: str, meta: dict, records) -> None:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
-        description="Benchmark lstm_ext.LSTM / RNN against torch.nn.LSTM / RNN (inference and training, "
+        description="Benchmark lstm_ext.LSTM / RNN / GRU against torch.nn.LSTM / RNN / GRU (inference and training, "
                     "padded or packed input).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--shapes", nargs="+", type=parse_shape, metavar=_SHAPE_SYNTAX.replace("<layers>", "<n>"),

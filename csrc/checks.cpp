@@ -37,14 +37,14 @@ void like_compute(const at::Tensor& t, const at::Tensor& x, const char* op, cons
                  " (the device of x), got ", t.device());
 }
 
-void bias(const at::Tensor& b, const at::Tensor& x, const char* op) {
+void bias(const at::Tensor& b, const at::Tensor& x, const char* op, const char* name) {
   const auto storage = x.scalar_type();
   const auto compute = compute_dtype(storage);
-  if (compute == storage) return like(b, x, op, "bias");
-  LSTM_EXT_CHECK(b.scalar_type() == storage || b.scalar_type() == compute, op,
-                 ": bias: expected dtype ", storage, " (the dtype of x) or ", compute,
+  if (compute == storage) return like(b, x, op, name);
+  LSTM_EXT_CHECK(b.scalar_type() == storage || b.scalar_type() == compute, op, ": ", name,
+                 ": expected dtype ", storage, " (the dtype of x) or ", compute,
                  " (the compute dtype for x of dtype ", storage, "), got ", b.scalar_type());
-  LSTM_EXT_CHECK(b.device() == x.device(), op, ": bias: expected device ", x.device(),
+  LSTM_EXT_CHECK(b.device() == x.device(), op, ": ", name, ": expected device ", x.device(),
                  " (the device of x), got ", b.device());
 }
 

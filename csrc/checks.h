@@ -83,7 +83,7 @@ void like_compute(const at::Tensor& t, const at::Tensor& x, const char* op, cons
 // dtype. For a bfloat16 x both bfloat16 and float32 are accepted; a float32
 // bias (the sum of two bfloat16 biases taken in float32, as torch.nn does) is
 // used as is, without a rounding to bfloat16.
-void bias(const at::Tensor& b, const at::Tensor& x, const char* op);
+void bias(const at::Tensor& b, const at::Tensor& x, const char* op, const char* name = "bias");
 // x's dtype is one the backend computes in: float32, float64 or bfloat16
 // (bfloat16 computed in float32); on CUDA also float16.
 void floating(const at::Tensor& x, const char* op);

@@ -10,7 +10,7 @@
 //
 // Dtypes: every tensor argument and result has x's dtype (float32, float64,
 // or bfloat16, which is computed in float32), except
-//  - the LSTM's saved activations `gates` and `cells` and the gradient
+//  - the LSTM's and GRU's saved activations `gates` (and the LSTM's `cells`) and the gradient
 //    `grad_cells`: these are in the compute dtype, float32 for a bfloat16 x
 //    (csrc/compute_dtype.h);
 //  - `bias`, which may be in x's dtype or in its compute dtype: the modules
@@ -100,6 +100,39 @@ TORCH_LIBRARY(lstm_ext, m) {
       "Tensor h0, Tensor y, bool reverse, bool relu, bool need_grad_x, "
       "Tensor? batch_sizes=None) -> "
       "(Tensor grad_x, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_bias, Tensor grad_h0)");
+
+  // ----------------------------------------------------------------- GRU
+  // torch.nn's GRU, gates r, z, n in weight order:
+  //   gi = x_t w_ih^T + b_ih, gh = h_{t-1} w_hh^T + b_hh (each [B,3H]),
+  //   r = sigmoid(gi_r + gh_r), z = sigmoid(gi_z + gh_z),
+  //   n = tanh(gi_n + r * gh_n), h_t = (1 - z) * n + z * h_{t-1}.
+  // The two biases stay separate because r multiplies gh_n, b_hn included.
+  // x [T,B,I] (or packed [N,I] with batch_sizes, as for the LSTM), w_ih
+  // [3H,I], w_hh [3H,H], b_ih and b_hh [3H] or None, h0 [B,H].
+  // Returns y [T,B,H] (or [N,H]), h_n [B,H] and, only when save_for_backward
+  // is true, gates [T,B,4H] (or [N,4H], in the compute dtype): per row r, z,
+  // n and hn = gh_n, what the backward reads; otherwise an empty [0] tensor.
+  m.def(
+      "gru_forward(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, Tensor h0, "
+      "bool reverse, bool save_for_backward, Tensor? batch_sizes=None) -> "
+      "(Tensor y, Tensor h_n, Tensor gates)");
+
+  // gru_forward as differentiable ATen ops, for double backward only (see
+  // lstm_forward_composite).
+  m.def(
+      "gru_forward_composite(Tensor x, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh, "
+      "Tensor h0, bool reverse, Tensor? batch_sizes=None) -> (Tensor y, Tensor h_n)");
+
+  // Gradients of one gru_forward call given its inputs, its output y and its
+  // saved gates. Returns grad_x (empty [0] when need_grad_x is false),
+  // grad_w_ih [3H,I], grad_w_hh [3H,H], grad_b_ih and grad_b_hh [3H] (in the
+  // compute dtype), grad_h0 [B,H].
+  m.def(
+      "gru_backward(Tensor? grad_y, Tensor? grad_h_n, Tensor x, Tensor w_ih, Tensor w_hh, "
+      "Tensor h0, Tensor y, Tensor gates, bool reverse, bool need_grad_x, "
+      "Tensor? batch_sizes=None) -> "
+      "(Tensor grad_x, Tensor grad_w_ih, Tensor grad_w_hh, Tensor grad_b_ih, Tensor grad_b_hh, "
+      "Tensor grad_h0)");
 
   // ------------------------------------------------------------- kernels
   // Names of the CPU kernels usable in this build on this CPU, best (the

@@ -1,4 +1,4 @@
-"""What the LSTM and RNN op wrappers share: fake-kernel checks and the
+"""What the LSTM, RNN and GRU op wrappers share: fake-kernel checks and the
 differentiable (double-backward) path of their autograd formulas."""
 from __future__ import annotations
 
@@ -104,20 +104,20 @@ def check_like_x(op: str, x: Tensor, **tensors: Optional[Tensor]) -> None:
             raise RuntimeError(f"{op}: {name}: expected dtype {x.dtype} (the dtype of x), got {t.dtype}")
 
 
-def check_bias_like_x(op: str, x: Tensor, bias: Optional[Tensor]) -> None:
+def check_bias_like_x(op: str, x: Tensor, bias: Optional[Tensor], name: str = "bias") -> None:
     """The bias check the real kernels make (csrc/checks.cpp, check::bias): x's
     device, and x's dtype or x's compute dtype (float32 for bfloat16)."""
     if bias is None:
         return
     if bias.device != x.device:
-        raise RuntimeError(f"{op}: bias: expected device {x.device} (the device of x), got {bias.device}")
+        raise RuntimeError(f"{op}: {name}: expected device {x.device} (the device of x), got {bias.device}")
     compute = compute_dtype(x.dtype)
     if compute == x.dtype:
         if bias.dtype != x.dtype:
-            raise RuntimeError(f"{op}: bias: expected dtype {x.dtype} (the dtype of x), got {bias.dtype}")
+            raise RuntimeError(f"{op}: {name}: expected dtype {x.dtype} (the dtype of x), got {bias.dtype}")
     elif bias.dtype not in (x.dtype, compute):
         raise RuntimeError(
-            f"{op}: bias: expected dtype {x.dtype} (the dtype of x) or {compute} (the compute dtype "
+            f"{op}: {name}: expected dtype {x.dtype} (the dtype of x) or {compute} (the compute dtype "
             f"for x of dtype {x.dtype}), got {bias.dtype}"
         )
 

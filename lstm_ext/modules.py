@@ -1,11 +1,13 @@
-"""Drop-in replacements for ``torch.nn.LSTM``, ``LSTMCell``, ``RNN`` and ``RNNCell``.
+"""Drop-in replacements for ``torch.nn.LSTM``, ``LSTMCell``, ``RNN``, ``RNNCell``,
+``GRU`` and ``GRUCell``.
 
 Same constructors, parameter names, shapes, order and initialisation as
 torch.nn, so a ``state_dict`` loads either way with ``strict=True``. Argument
 checks happen here, before any kernel runs, and raise the exception type that
 torch.nn raises for the same input, with a message naming what was expected
 and what came. The compute is one fused op call per layer and direction
-(:func:`lstm_ext.ops.lstm_layer`, :func:`lstm_ext.rnn_ops.rnn_layer`).
+(:func:`lstm_ext.ops.lstm_layer`, :func:`lstm_ext.rnn_ops.rnn_layer`,
+:func:`lstm_ext.gru_ops.gru_layer`).
 """
 from __future__ import annotations
 
@@ -20,11 +22,13 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import PackedSequence
 
 from ._autograd import autocast_dtype, combine_biases
+from . import onnx_export
+from .gru_ops import gru_layer
 from .ops import SUPPORTED_DEVICE_TYPES, lstm_layer
 from .rnn_ops import rnn_layer
 
-__all__ = ["LSTM", "LSTMCell", "RNN", "RNNCell", "LSTMStates", "HiddenStateError", "InputTypeError",
-           "InvalidArgumentError"]
+__all__ = ["LSTM", "LSTMCell", "RNN", "RNNCell", "GRU", "GRUCell", "LSTMStates", "HiddenStateError",
+           "InputTypeError", "InvalidArgumentError"]
 
 
 class HiddenStateError(TypeError, RuntimeError, IndexError, AttributeError, ValueError):
@@ -40,6 +44,12 @@ class HiddenStateError(TypeError, RuntimeError, IndexError, AttributeError, Valu
 class InputTypeError(TypeError, AttributeError):
     """The input is not a tensor (or PackedSequence). torch.nn fails on it with
     AttributeError ('... has no attribute dim'); this is that and TypeError."""
+
+
+class _PackedInputDtypeError(ValueError, RuntimeError):
+    """A PackedSequence whose dtype differs from the weights': torch 2.13's
+    layers raise ValueError for it, older ones failed in the kernel with
+    RuntimeError; this is both."""
 
 
 class InvalidArgumentError(ValueError, RuntimeError):
@@ -67,11 +77,14 @@ class LSTMStates(NamedTuple):
 # --------------------------------------------------------------------------- checks
 
 
-def _check_size_arg(name: str, value) -> None:
+def _check_size_arg(name: str, value, minimum: int = 1) -> None:
+    """The layers need sizes >= 1, as torch.nn's do; the cells, like
+    torch.nn's, also take 0 (an empty state or input)."""
     if not isinstance(value, int):
         raise TypeError(f"{name} should be of type int, got: {type(value).__name__}")
-    if value < 1:
-        raise InvalidArgumentError(f"{name} must be greater than zero, got {value}")
+    if value < minimum:
+        bound = "greater than zero" if minimum == 1 else "non-negative"
+        raise InvalidArgumentError(f"{name} must be {bound}, got {value}")
 
 
 def _check_dropout(dropout) -> None:
@@ -134,11 +147,11 @@ def _check_same_device(input: Tensor, weight: Tensor) -> None:
 
 
 def _check_input_dtype(input: Tensor, weight: Tensor, error: type = ValueError) -> None:
-    """torch.nn raises ValueError for this with a tensor input to a recurrent layer,
-    RuntimeError with a PackedSequence or in the cells."""
+    """torch.nn's words. It raises ValueError for this with a tensor input to a
+    recurrent layer, and RuntimeError in the cells."""
     if input.dtype != weight.dtype and autocast_dtype(input.device.type) is None:
         raise error(
-            f"input dtype ({input.dtype}) does not match weight dtype ({weight.dtype}). Convert "
+            f"RNN input dtype ({input.dtype}) does not match weight dtype ({weight.dtype}). Convert "
             f"input: input.to({weight.dtype}), or convert model: model.to({input.dtype})"
         )
 
@@ -166,7 +179,7 @@ class _Sequence(NamedTuple):
 
 class _RecurrentBase(nn.Module):
     """Parameters, argument checks and the layers × directions loop shared by
-    LSTM and RNN; a subclass says how one layer-direction runs."""
+    LSTM, RNN and GRU; a subclass says how one layer-direction runs."""
 
     _state_names: Tuple[str, ...]
 
@@ -304,7 +317,7 @@ class _RecurrentBase(nn.Module):
         of a tensor input, RuntimeError for one of a PackedSequence."""
         x = seq.x
         weight = self.weight_ih_l0
-        _check_input_dtype(x, weight, RuntimeError if seq.batch_sizes is not None else ValueError)
+        _check_input_dtype(x, weight, _PackedInputDtypeError if seq.batch_sizes is not None else ValueError)
         if x.size(-1) != self.input_size:
             raise RuntimeError(
                 f"input.size(-1) must be equal to input_size. Expected {self.input_size}, got {x.size(-1)}"
@@ -375,6 +388,8 @@ class _RecurrentBase(nn.Module):
         return output, finals, all_states
 
     def _run(self, input, hx, return_all_states: bool):
+        if onnx_export.exporting():  # torch.onnx.export: ONNX's own LSTM/GRU/RNN nodes (lstm_ext/onnx_export.py)
+            return onnx_export.run_layers(self, input, hx, return_all_states)
         # torch.nn's order, so that input with two things wrong raises what torch.nn raises.
         seq = self._prepare_input(input)
         given = self._given_states(seq, hx)
@@ -455,8 +470,8 @@ class LSTM(_RecurrentBase):
         return output, (h_n, c_n)
 
 
-class RNN(_RecurrentBase):
-    """Multi-layer Elman RNN with tanh or relu, a drop-in for :class:`torch.nn.RNN`.
+class _SingleStateLayer(_RecurrentBase):
+    """A layer whose only state is h: RNN and GRU.
 
     ``forward(input, hx=None)`` returns ``(output, h_n)``;
     ``return_all_states=True`` (keyword only) also returns every step's
@@ -466,24 +481,44 @@ class RNN(_RecurrentBase):
 
     _state_names = ("h_0",)
 
+    def _state_sizes(self) -> Tuple[int, ...]:
+        return (self.hidden_size,)
+
+    def forward(self, input, hx: Optional[Tensor] = None, *, return_all_states: bool = False):
+        output, (h_n,), every = self._run(input, hx, return_all_states)
+        if return_all_states:
+            return output, h_n, every[0]
+        return output, h_n
+
+
+def _reject_proj_size(kwargs: dict, module: str) -> None:
+    if "proj_size" in kwargs:
+        raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+    if kwargs:
+        raise TypeError(f"{module}.__init__() got unexpected keyword arguments: {', '.join(kwargs)}")
+
+
+class RNN(_SingleStateLayer):
+    """Multi-layer Elman RNN with tanh or relu, a drop-in for :class:`torch.nn.RNN`.
+
+    ``forward(input, hx=None)`` returns ``(output, h_n)``;
+    ``return_all_states=True`` (keyword only) also returns every step's
+    hidden state of every layer and direction, ``[num_layers *
+    num_directions, *seq, hidden_size]`` as for :class:`LSTMStates`.
+    """
+
     def __init__(
         self, input_size: int, hidden_size: int, num_layers: int = 1, nonlinearity: str = "tanh",
         bias: bool = True, batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
         device=None, dtype=None, **kwargs,
     ) -> None:
-        if "proj_size" in kwargs:
-            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
-        if kwargs:
-            raise TypeError(f"RNN.__init__() got unexpected keyword arguments: {', '.join(kwargs)}")
+        _reject_proj_size(kwargs, "RNN")
         _check_nonlinearity(nonlinearity)
         self.nonlinearity = nonlinearity
         super().__init__(
             "RNN_TANH" if nonlinearity == "tanh" else "RNN_RELU", 1, input_size, hidden_size, num_layers,
             bias, batch_first, dropout, bidirectional, 0, device, dtype,
         )
-
-    def _state_sizes(self) -> Tuple[int, ...]:
-        return (self.hidden_size,)
 
     def _run_layer(self, x, params, states, reverse, batch_sizes, return_cells):
         bias = combine_biases(params["bias_ih"], params["bias_hh"]) if self.bias else None
@@ -493,25 +528,48 @@ class RNN(_RecurrentBase):
         )
         return y, (h_n,), None
 
-    def forward(self, input, hx: Optional[Tensor] = None, *, return_all_states: bool = False):
-        output, (h_n,), every = self._run(input, hx, return_all_states)
-        if return_all_states:
-            return output, h_n, every[0]
-        return output, h_n
+
+class GRU(_SingleStateLayer):
+    """Multi-layer gated recurrent unit, a drop-in for :class:`torch.nn.GRU`
+    (gates r, z, n in torch.nn's order and formula, ``b_hn`` inside ``r ⊙ (.)``).
+
+    ``forward(input, hx=None)`` returns ``(output, h_n)``;
+    ``return_all_states=True`` (keyword only) also returns every step's
+    hidden state of every layer and direction, ``[num_layers *
+    num_directions, *seq, hidden_size]`` as for :class:`LSTMStates`.
+    """
+
+    def __init__(
+        self, input_size: int, hidden_size: int, num_layers: int = 1, bias: bool = True,
+        batch_first: bool = False, dropout: float = 0.0, bidirectional: bool = False,
+        device=None, dtype=None, **kwargs,
+    ) -> None:
+        _reject_proj_size(kwargs, "GRU")
+        super().__init__(
+            "GRU", 3, input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, 0,
+            device, dtype,
+        )
+
+    def _run_layer(self, x, params, states, reverse, batch_sizes, return_cells):
+        y, h_n = gru_layer(
+            x, params["weight_ih"], params["weight_hh"], params.get("bias_ih"), params.get("bias_hh"),
+            states[0], reverse=reverse, batch_sizes=batch_sizes,
+        )
+        return y, (h_n,), None
 
 
 # --------------------------------------------------------------------------- cells
 
 
 class _CellBase(nn.Module):
-    """Parameters and checks shared by LSTMCell and RNNCell."""
+    """Parameters and checks shared by LSTMCell, RNNCell and GRUCell."""
 
     _num_states: int
 
     def __init__(self, input_size, hidden_size, bias, gate_multiplier, device, dtype) -> None:
         super().__init__()
-        _check_size_arg("input_size", input_size)
-        _check_size_arg("hidden_size", hidden_size)
+        _check_size_arg("input_size", input_size, minimum=0)
+        _check_size_arg("hidden_size", hidden_size, minimum=0)
         factory = {"device": device, "dtype": dtype}
         self.input_size = input_size
         self.hidden_size = hidden_size
@@ -528,7 +586,7 @@ class _CellBase(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        stdv = 1.0 / math.sqrt(self.hidden_size)
+        stdv = 1.0 / math.sqrt(self.hidden_size) if self.hidden_size > 0 else 0
         for weight in self.parameters():
             nn.init.uniform_(weight, -stdv, stdv)
 
@@ -539,6 +597,14 @@ class _CellBase(nn.Module):
         if getattr(self, "nonlinearity", "tanh") != "tanh":
             s += ", nonlinearity={nonlinearity}"
         return s.format(**self.__dict__)
+
+    def _empty_step(self, x: Tensor, states: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
+        """New [B, 0] states for hidden_size == 0, connected (with zero
+        gradients) to the input, the states and the parameters, as torch.nn's are."""
+        anchor = x.sum() * 0
+        for p in self.parameters():
+            anchor = anchor + p.sum() * 0
+        return tuple(s + anchor for s in states)
 
     def _combined_bias(self) -> Optional[Tensor]:
         return combine_biases(self.bias_ih, self.bias_hh) if self.bias else None
@@ -552,6 +618,10 @@ class _CellBase(nn.Module):
             raise ValueError(f"{module}: Expected input to be 1D or 2D, got {input.dim()}D instead")
         # torch.nn's order: hx's structure and rank, then sizes, then device and dtype.
         states = None if hx is None else _state_tensors(hx, self._num_states, module)
+        for index, state in enumerate(states or ()):
+            if state.dim() not in (1, 2):  # torch.nn's check and words
+                name = f"hx[{index}]" if self._num_states > 1 else "hidden"
+                raise HiddenStateError(f"{module}: Expected {name} to be 1D or 2D, got {state.dim()}D instead")
         rank = 2 if input.dim() == 2 else 1
         if states is not None and any(s.dim() != rank for s in states):
             dims = ", ".join(f"{s.dim()}D" for s in states)
@@ -596,7 +666,12 @@ class LSTMCell(_CellBase):
 
     def forward(self, input: Tensor, hx: Optional[Tuple[Tensor, Tensor]] = None) -> Tuple[Tensor, Tensor]:
         x, (h0, c0), batched = self._prepare(input, hx)
-        _, h1, c1 = lstm_layer(x, self.weight_ih, self.weight_hh, self._combined_bias(), h0, c0)
+        if self.hidden_size == 0:  # an empty state stays empty, as in torch.nn
+            h1, c1 = self._empty_step(x, (h0, c0))
+        elif onnx_export.exporting():  # torch.onnx.export: ONNX's LSTM node (lstm_ext/onnx_export.py)
+            h1, c1 = onnx_export.cell_step(self, x, (h0, c0))
+        else:
+            _, h1, c1 = lstm_layer(x, self.weight_ih, self.weight_hh, self._combined_bias(), h0, c0)
         if not batched:
             return h1.squeeze(0), c1.squeeze(0)
         return h1, c1
@@ -621,7 +696,37 @@ class RNNCell(_CellBase):
 
     def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
         x, (h0,), batched = self._prepare(input, hx)
+        if self.hidden_size == 0:  # an empty state stays empty, as in torch.nn
+            (h0,) = self._empty_step(x, (h0,))
+            return h0 if batched else h0.squeeze(0)
+        if onnx_export.exporting():  # torch.onnx.export: ONNX's RNN node (lstm_ext/onnx_export.py)
+            (h1,) = onnx_export.cell_step(self, x, (h0,))
+            return h1 if batched else h1.squeeze(0)
         _, h1 = rnn_layer(
             x, self.weight_ih, self.weight_hh, self._combined_bias(), h0, relu=self.nonlinearity == "relu"
         )
+        return h1 if batched else h1.squeeze(0)
+
+
+class GRUCell(_CellBase):
+    """One GRU step, a drop-in for :class:`torch.nn.GRUCell`.
+
+    ``forward(input, hx=None)`` returns ``h_1``; input is ``[B, I]`` or
+    unbatched ``[I]``.
+    """
+
+    _num_states = 1
+
+    def __init__(self, input_size: int, hidden_size: int, bias: bool = True, device=None, dtype=None) -> None:
+        super().__init__(input_size, hidden_size, bias, 3, device, dtype)
+
+    def forward(self, input: Tensor, hx: Optional[Tensor] = None) -> Tensor:
+        x, (h0,), batched = self._prepare(input, hx)
+        if self.hidden_size == 0:  # an empty state stays empty, as in torch.nn
+            (h0,) = self._empty_step(x, (h0,))
+            return h0 if batched else h0.squeeze(0)
+        if onnx_export.exporting():  # torch.onnx.export: ONNX's GRU node (lstm_ext/onnx_export.py)
+            (h1,) = onnx_export.cell_step(self, x, (h0,))
+            return h1 if batched else h1.squeeze(0)
+        _, h1 = gru_layer(x, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh, h0)
         return h1 if batched else h1.squeeze(0)

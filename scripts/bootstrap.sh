@@ -6,7 +6,8 @@
 #   1. torch: installed (torch==2.13.0) only when `import torch` fails. An
 #      importable torch is never touched, so a GPU machine keeps its CUDA build.
 #   2. Python deps for the mode, each installed only if missing:
-#        test:  pytest numpy tqdm matplotlib expecttest hypothesis
+#        test:  pytest numpy tqdm matplotlib expecttest hypothesis onnx
+#               onnxruntime onnxscript (tests/test_onnx.py: ONNX export)
 #        bench: tqdm matplotlib numpy
 #        build: none
 #   3. Build tools: a `ninja` binary (else `pip install ninja`), setuptools>=64,
@@ -33,7 +34,7 @@ set -euo pipefail
 
 MODE=${1:-build}
 case "$MODE" in
-  test)  DEPS=(pytest numpy tqdm matplotlib expecttest hypothesis) ;;
+  test)  DEPS=(pytest numpy tqdm matplotlib expecttest hypothesis onnx onnxruntime onnxscript) ;;
   bench) DEPS=(tqdm matplotlib numpy) ;;
   build) DEPS=() ;;
   *) echo "usage: $0 [test|bench|build]" >&2; exit 2 ;;

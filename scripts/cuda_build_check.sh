@@ -88,7 +88,8 @@ import lstm_ext, torch
 from lstm_ext.ops import SUPPORTED_DEVICE_TYPES
 assert "build/cuda/lib" in lstm_ext.__file__, lstm_ext.__file__
 assert "cuda" in SUPPORTED_DEVICE_TYPES, SUPPORTED_DEVICE_TYPES
-for op in ("lstm_forward", "lstm_backward", "rnn_forward", "rnn_backward"):
+for op in ("lstm_forward", "lstm_backward", "rnn_forward", "rnn_backward", "gru_forward",
+           "gru_backward"):
     assert torch._C._dispatch_has_kernel_for_dispatch_key(f"lstm_ext::{op}", "CUDA"), op
 print(f"[cuda-build] import ok: {lstm_ext.__file__}, devices {SUPPORTED_DEVICE_TYPES}, "
       f"GPU {'present' if torch.cuda.is_available() else 'absent'}")

@@ -56,10 +56,14 @@
 # loops, forced one by one via LSTM_EXT_CPU_KERNEL: LSTM/RNN forward and
 # backward, packed, projections, bidirectional, 1 vs 2 threads, NaN/inf, bf16
 # through each kernel), test_bf16_native.py (native bf16 forward),
-# test_errors.py, test_ops.py and test_rnn_ops.py without the opcheck grid and
-# the slow gradgradcheck grid (C++ argument checks, zero batch/steps, f64,
-# non-contiguous, backward ops, composite double backward), a few bf16 cases
-# (float32 bias, double backward), the concurrent-caller tests, and
+# test_errors.py, test_ops.py, test_rnn_ops.py and test_cell_ops.py (every cell
+# kind's layer op against the reference; the GRU ops: saved gates, backward op,
+# packed, zero batch/steps, gradcheck, argument checks) without the opcheck
+# grid and the slow LSTM gradgradcheck grid (C++ argument checks, zero
+# batch/steps, f64, non-contiguous, backward ops, composite double backward),
+# the GRU's cases of the cell-parametrized module tests (parity grid, packed,
+# every step's states, cells, zero-size cells), a few bf16 cases (float32 bias,
+# double backward, the GRU's modules), the concurrent-caller tests, and
 # test_fuzz.py (Hypothesis: random shapes incl. empty batches, strides,
 # malformed input; derandomized).
 #
@@ -91,6 +95,15 @@ DEFAULT_TESTS=(
   tests/test_errors.py
   tests/test_ops.py
   tests/test_rnn_ops.py
+  tests/test_cell_ops.py
+  tests/test_cell_modules.py::test_parity_grid
+  tests/test_cell_modules.py::test_packed
+  tests/test_cell_modules.py::test_return_all_states_equals_layers_run_one_by_one
+  tests/test_cell_modules.py::test_cell_parity
+  tests/test_cell_modules.py::test_zero_size_cells_like_torch_nn
+  tests/test_bf16.py::test_gru_matches_torch_bf16_error
+  tests/test_bf16.py::test_gru_packed_unsorted_bidirectional
+  tests/test_bf16.py::test_gru_cell
   tests/test_bf16.py::test_f32_bias_is_used_unrounded_and_gets_a_float32_gradient
   tests/test_bf16.py::test_double_backward_bf16
   tests/test_bf16.py::test_double_backward_bf16_f32_bias
@@ -98,7 +111,7 @@ DEFAULT_TESTS=(
   tests/test_reliability.py::test_concurrent_threads_share_one_module
   tests/test_reliability.py::test_concurrent_rnn_and_lstm_calls
   tests/test_fuzz.py
-  -k "not opcheck and not gradgradcheck_lstm_layer"
+  -k "not opcheck and not gradgradcheck_lstm_layer and not (test_cell_modules and (lstm or rnn_))"
 )
 
 PYTHON=${PYTHON:-python3}

@@ -2,10 +2,10 @@
 
 Two families of cases:
 
-* ``parity_configs``: valid configurations of LSTM / RNN (tanh, relu); a case
+* ``parity_configs``: valid configurations of LSTM / RNN (tanh, relu) / GRU; a case
   is built by ``build_parity_case`` and run by ``check_parity`` on torch.nn and
   on lstm_ext with identical weights, inputs and cotangents.
-* ``fuzz_cases``: small modules (LSTM, RNN, LSTMCell, RNNCell) called with a
+* ``fuzz_cases``: small modules (LSTM, RNN, GRU, LSTMCell, RNNCell, GRUCell) called with a
   valid input to which zero to two "edits" are applied (wrong ranks, sizes,
   dtypes, devices, hx structures, non-finite values, odd strides).
   ``check_fuzz_case`` requires lstm_ext to behave as torch.nn does: the same
@@ -80,7 +80,7 @@ def single_threaded():
 
 @dataclasses.dataclass(frozen=True)
 class ParityConfig:
-    mode: str  # "LSTM", "RNN_TANH" or "RNN_RELU"
+    mode: str  # "LSTM", "RNN_TANH", "RNN_RELU" or "GRU"
     T: int
     B: Optional[int]  # None: unbatched 2-D input
     I: int
@@ -97,7 +97,7 @@ class ParityConfig:
 
 
 @st.composite
-def parity_configs(draw, modes=("LSTM", "RNN_TANH", "RNN_RELU"), dtypes=("float64",)):
+def parity_configs(draw, modes=("LSTM", "RNN_TANH", "RNN_RELU", "GRU"), dtypes=("float64",)):
     mode = draw(st.sampled_from(modes))
     T = draw(st.integers(1, 64))
     # Mostly batched, now and then unbatched 2-D input; B=0 also comes from the
@@ -127,6 +127,8 @@ def build_parity_case(cfg: ParityConfig):
                   bidirectional=cfg.bidirectional, dtype=dtype)
     if cfg.mode == "LSTM":
         kind, kwargs["proj_size"], state_sizes = "LSTM", cfg.proj_size, (cfg.proj_size or cfg.H, cfg.H)
+    elif cfg.mode == "GRU":
+        kind, state_sizes = "GRU", (cfg.H,)
     else:
         kind, kwargs["nonlinearity"], state_sizes = "RNN", cfg.mode[4:].lower(), (cfg.H,)
     torch.manual_seed(cfg.seed)
@@ -184,7 +186,7 @@ def check_parity(cfg: ParityConfig):
 
 # =============================================================================== fuzzer
 
-KINDS = ("LSTM", "RNN", "LSTMCell", "RNNCell")
+KINDS = ("LSTM", "RNN", "GRU", "LSTMCell", "RNNCell", "GRUCell")
 NONFINITE = (math.nan, math.inf, -math.inf, 1e30, -1e30)
 
 
@@ -592,7 +594,7 @@ def torch_nn_accepts_bad_input(case: FuzzCase, args, ext_exc) -> Optional[str]:
 
 
 def torch_nn_may_crash(case: FuzzCase, args) -> bool:
-    """LSTMCell / RNNCell, unbatched (1-D) input, a 2-D state: torch.nn
+    """LSTMCell / RNNCell / GRUCell, unbatched (1-D) input, a 2-D state: torch.nn
     unsqueezes the state to 3-D and checks only its first two sizes.  With
     hidden_size 1 that passes, and then ``nn.LSTMCell(1, 1)(torch.randn(1),
     (torch.randn(1, 1), torch.randn(1, 1)))`` dies with a segmentation fault

@@ -2,7 +2,8 @@
 
 This is the second oracle of the test-suite, independent of both torch.nn's
 fused LSTM kernels and of lstm_ext.  It is deliberately simple (a Python loop
-over time steps) and differentiable through ordinary autograd.
+over time steps, in tests/cells.py: the one reference of every cell kind) and
+differentiable through ordinary autograd.
 
 Gate order is i, f, g, o (like torch.nn):
     pre  = x_t @ W_ih^T + h_{t-1} @ W_hh^T + b
@@ -12,34 +13,20 @@ Gate order is i, f, g, o (like torch.nn):
 """
 import torch
 
-
-def _sigmoid(z):
-    return 1.0 / (1.0 + torch.exp(-z))
+from cells import LSTM, layer_reference
 
 
 def lstm_layer_ref(x, w_ih, w_hh, bias, h0, c0, reverse=False):
-    """One layer, one direction, whole sequence.
+    """One layer, one direction, whole sequence: the shared one-layer reference
+    of tests/cells.py (cells.layer_reference) for the LSTM.
 
     x [T, B, I], w_ih [4H, I], w_hh [4H, H], bias [4H] or None, h0/c0 [B, H].
     Returns (y [T, B, H], h_n [B, H], c_n [B, H], gates [T, B, 4H], cells [T, B, H]);
     ``gates`` holds the activated gates (i, f, g, o) and ``cells`` holds c_t,
     both indexed by input time t (also when ``reverse`` is True).
     """
-    T = x.shape[0]
-    h, c = h0, c0
-    ys, gates, cells = [None] * T, [None] * T, [None] * T
-    steps = range(T - 1, -1, -1) if reverse else range(T)
-    for t in steps:
-        pre = torch.matmul(x[t], w_ih.t()) + torch.matmul(h, w_hh.t())
-        if bias is not None:
-            pre = pre + bias
-        zi, zf, zg, zo = pre.chunk(4, dim=-1)
-        i, f, g, o = _sigmoid(zi), _sigmoid(zf), torch.tanh(zg), _sigmoid(zo)
-        c = f * c + i * g
-        h = o * torch.tanh(c)
-        ys[t], cells[t] = h, c
-        gates[t] = torch.cat([i, f, g, o], dim=-1)
-    return torch.stack(ys), h, c, torch.stack(gates), torch.stack(cells)
+    y, (h, c), (gates, cells) = layer_reference(LSTM, x, w_ih, w_hh, bias, None, (h0, c0), reverse)
+    return y, h, c, gates, cells
 
 
 def lstm_cell_ref(x, h, c, w_ih, w_hh, b_ih=None, b_hh=None):

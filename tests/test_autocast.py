@@ -2,7 +2,7 @@
 
 Inside ``torch.autocast(device, dtype)``, torch.nn's dense LSTM and RNN cast
 their float32 inputs, states and weights to ``dtype`` and return ``dtype``
-(on the CPU its packed and projected LSTMs and its cells stay float32; on
+(on the CPU its packed and projected LSTMs, its GRU and its cells stay float32; on
 CUDA under bfloat16 autocast, cuDNN's RNNs compute and return float16).
 lstm_ext's layers and cells always do (lstm_ext/_autograd.py,
 autocast_inputs), with float32 accumulation and a float32 cell state.
@@ -103,6 +103,38 @@ def test_rnn(device, dtype, nonlinearity):
                               _states(device, 1, 1, B, H), input_size=I, hidden_size=H, nonlinearity=nonlinearity)
 
 
+@pytest.mark.parametrize("device,dtype", CASES)
+def test_gru_two_layers_bidirectional(device, dtype):
+    _assert_as_close_as_torch(nn.GRU, lstm_ext.GRU, device, dtype, torch.randn(T, B, I, device=device),
+                              _states(device, 1, 4, B, H), input_size=I, hidden_size=H, num_layers=2,
+                              bidirectional=True)
+
+
+@pytest.mark.parametrize("device,dtype", CASES)
+def test_gru_packed_batch_first(device, dtype):
+    x = pack_padded_sequence(torch.randn(B, T, I, device=device), torch.tensor([9, 3, 7, 1]), batch_first=True,
+                             enforce_sorted=False)
+    _assert_as_close_as_torch(nn.GRU, lstm_ext.GRU, device, dtype, x, _states(device, 1, 1, B, H),
+                              input_size=I, hidden_size=H, batch_first=True)
+
+
+@pytest.mark.parametrize("device,dtype", CASES)
+def test_dense_gru_returns_the_autocast_dtype_close_to_torch_nn(device, dtype):
+    """Our GRU returns the autocast dtype (output and h_n), as our LSTM and RNN
+    do, with values close to torch.nn's under the same autocast (on the CPU
+    torch.nn's GRU stays float32 there) and to a float32 run."""
+    torch_module, ours = module_pair(nn.GRU, lstm_ext.GRU, I, H, num_layers=2, device=device)
+    x = torch.randn(T, B, I, device=device)
+    with torch.autocast(device, dtype=dtype):
+        want, got = torch_module(x), ours(x)
+    reference = torch_module(x)
+    assert [got[0].dtype, got[1].dtype] == [dtype] * 2
+    for name, g, w, r in zip(("output", "h_n"), got, want, reference):
+        torch.testing.assert_close(g.float(), r, **LOW_VS_F32, msg=lambda m: f"{name} vs float32: {m}")
+        torch.testing.assert_close(g.float(), w.float(), **LOW_VS_F32,
+                                   msg=lambda m: f"{name} vs torch.nn under autocast: {m}")
+
+
 # Ours under autocast against a float32 run without it: a few roundings of the
 # 8-bit (bfloat16) or 11-bit (float16) mantissa; the observed error is ~3e-3.
 LOW_VS_F32 = dict(atol=1e-2, rtol=1e-2)
@@ -138,7 +170,8 @@ def test_dense_lstm_returns_what_torch_nn_returns_under_autocast(device, dtype):
 @pytest.mark.parametrize("device,dtype", CASES)
 def test_cells_compute_in_the_autocast_dtype(device, dtype):
     """Our cells autocast like the layers (torch.nn's CPU cells stay float32)."""
-    for ref_cls, ext_cls in ((nn.LSTMCell, lstm_ext.LSTMCell), (nn.RNNCell, lstm_ext.RNNCell)):
+    for ref_cls, ext_cls in ((nn.LSTMCell, lstm_ext.LSTMCell), (nn.RNNCell, lstm_ext.RNNCell),
+                             (nn.GRUCell, lstm_ext.GRUCell)):
         torch_cell, cell = module_pair(ref_cls, ext_cls, I, H, device=device)
         x = torch.randn(B, I, device=device)
         want = torch_cell(x)

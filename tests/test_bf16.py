@@ -9,12 +9,15 @@ most twice that, plus a small floor:
     max|ours - ref| <= 2 * max|torch.nn bf16 - ref| + 2**-10 * max|ref|
 
 for the outputs and for every gradient (input, initial states, parameters).
+The GRU's cases take a float64 reference instead (the same values, upcast).
 
-The modules pass the ops one bias, ``bias_ih + bias_hh`` summed in float32 (as
+The LSTM and RNN modules pass the ops one bias, ``bias_ih + bias_hh`` summed in float32 (as
 torch.nn does): a bfloat16 sum can flip the sign of a pre-activation near 0,
 which relu turns into an O(1) gradient error
 (test_rnn_relu_bias_sum_in_float32 and the ops tests at the end).
 """
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -212,6 +215,58 @@ def test_rnn_cell():
     assert (got.float() - ref).abs().max().item() <= FACTOR * err_torch + FLOOR * ref.abs().max().item()
 
 
+# --- GRU against torch.nn.GRU, errors measured against float64 ---------------------------
+
+
+def _float64_copy(module):
+    """A float64 copy of ``module`` holding its (bfloat16) weights: the reference."""
+    return copy.deepcopy(module).double()
+
+
+@pytest.mark.parametrize("layers,bidirectional,batch_first", [(1, False, False), (2, True, True)],
+                         ids=["1layer", "2layer-bidir-bf"])
+def test_gru_matches_torch_bf16_error(layers, bidirectional, batch_first):
+    D = 2 if bidirectional else 1
+    x = _bf16(B, T, I) if batch_first else _bf16(T, B, I)
+    hx = (_bf16(layers * D, B, H, scale=0.5),)
+    assert_as_close_as_torch(nn.GRU, lstm_ext.GRU, x, hx, make_reference=_float64_copy, input_size=I,
+                             hidden_size=H, num_layers=layers, bidirectional=bidirectional,
+                             batch_first=batch_first)
+
+
+def test_gru_representative_shape_no_hx():
+    """T50 B8 I64 H64, one layer, no hx (zeros)."""
+    assert_as_close_as_torch(nn.GRU, lstm_ext.GRU, _bf16(50, 8, 64), make_reference=_float64_copy, input_size=64,
+                             hidden_size=64)
+
+
+def test_gru_packed_unsorted_bidirectional():
+    lengths = torch.tensor([5, 12, 3, 9])
+    x = pack_padded_sequence(_bf16(T, 4, I), lengths, enforce_sorted=False)
+    assert_as_close_as_torch(nn.GRU, lstm_ext.GRU, x, (_bf16(2, 4, H, scale=0.5),), make_reference=_float64_copy,
+                             input_size=I, hidden_size=H, bidirectional=True)
+
+
+def test_gru_cell():
+    torch_cell, ours = module_pair(nn.GRUCell, lstm_ext.GRUCell, I, H, dtype=BF16)
+    x, h = _bf16(B, I), _bf16(B, H, scale=0.5)
+    got = ours(x, h)
+    assert got.dtype == BF16
+    ref = _float64_copy(torch_cell)(x.double(), h.double()).float()
+    err_torch = (torch_cell(x, h).float() - ref).abs().max().item()
+    assert (got.float() - ref).abs().max().item() <= FACTOR * err_torch + FLOOR * ref.abs().max().item()
+
+
+def test_gru_return_all_states_bf16():
+    ours = lstm_ext.GRU(I, H, num_layers=2, bidirectional=True, dtype=BF16)
+    x = _bf16(T, B, I)
+    out, h_n, every = ours(x, return_all_states=True)
+    assert out.dtype == h_n.dtype == every.dtype == BF16
+    ref = _float64_copy(ours)(x.double(), return_all_states=True)[2]
+    # one rounding to bfloat16 of float32-accurate values, up to one ulp, per layer
+    torch.testing.assert_close(every.double(), ref, atol=2.0 ** -6, rtol=2.0 ** -7)
+
+
 # --- every step's states, training, compile -----------------------------------------------
 
 def test_return_all_states_bf16_and_differentiable():
@@ -304,11 +359,13 @@ def test_compile_fullgraph_bf16():
 
 # --- double backward ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kind", ["lstm", "rnn"])
+@pytest.mark.parametrize("kind", ["lstm", "rnn", "gru"])
 def test_double_backward_bf16(kind):
     """create_graph=True takes the composite path, also computed in float32."""
     if kind == "lstm":
         ours = lstm_ext.LSTM(6, 5, proj_size=3, dtype=BF16)
+    elif kind == "gru":
+        ours = lstm_ext.GRU(6, 5, dtype=BF16)
     else:
         ours = lstm_ext.RNN(6, 5, nonlinearity="tanh", dtype=BF16)
     reference = _upcast_copy(ours)
@@ -524,12 +581,15 @@ def test_double_backward_bf16_f32_bias(kind):
         torch.testing.assert_close(g.float(), r, atol=2.0 ** -6 * r.abs().max().item(), rtol=2.0 ** -7)
 
 
-@pytest.mark.parametrize("kind", ["lstm", "rnn"])
+@pytest.mark.parametrize("kind", ["lstm", "rnn", "gru"])
 def test_double_backward_bf16_module_bias_grads(kind):
-    """Through the modules (bias_ih + bias_hh summed in float32): the
-    double-backward gradients of both bfloat16 biases, against float32."""
+    """Through the modules (bias_ih + bias_hh summed in float32; the GRU's two
+    biases passed apart): the double-backward gradients of both bfloat16
+    biases, against float32."""
     if kind == "lstm":
         ours = lstm_ext.LSTM(6, 5, dtype=BF16)
+    elif kind == "gru":
+        ours = lstm_ext.GRU(6, 5, dtype=BF16)
     else:
         ours = lstm_ext.RNN(6, 5, nonlinearity="tanh", dtype=BF16)
     reference = _upcast_copy(ours)

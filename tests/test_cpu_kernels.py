@@ -6,15 +6,17 @@ Every test that runs a module is parametrized over every name in
 
 The kernels tile hidden units in vectors of 16 (avx512) or 8 (avx2, generic)
 floats, batch rows in tiles of up to 6 (avx512), 3 (avx2) or 4 (generic), and
-the backward cuts units into blocks of 4 vectors. The configurations below
-pick sizes around those edges: H = 1, 3, 17, 33, 64, 65, 257 (less than one
-vector, one past a vector or a block, exact blocks); B = 1, 7, 13 (one row,
-several row tiles with a ragged last one); T = 1 and longer; input sizes 5
+the backward cuts units into blocks of 4 vectors (the GRU's forward tile holds
+3 vectors per k step, one per gate). The configurations below pick sizes
+around those edges: H = 1, 3, 5, 17, 33, 64, 65, 257 (less than one vector,
+one past a vector or a block, exact blocks); B = 1, 3, 7, 13 (one row, one
+partial row tile, several row tiles with a ragged last one); T = 1 and longer; input sizes 5
 and 19 (not a multiple of any vector width); bidirectional, 2 layers,
 PackedSequence input with ``enforce_sorted=False`` (rows drop out step by
-step), proj_size, RNN tanh and relu. Outputs and the gradients of the input,
-the initial states and every parameter are compared with torch.nn.LSTM /
-torch.nn.RNN given identical weights, at the suite's float32 tolerances
+step), proj_size, RNN tanh and relu, GRU with and without biases. Outputs and
+the gradients of the input, the initial states and every parameter are
+compared with torch.nn.LSTM / torch.nn.RNN / torch.nn.GRU given identical
+weights, at the suite's float32 tolerances
 (helpers.F32_OUT: atol 1e-5, rtol 1e-4; helpers.F32_GRAD: atol 1e-4, rtol 1e-3).
 """
 from dataclasses import dataclass
@@ -54,11 +56,12 @@ class Case:
     proj: int = 0
     hx: bool = True
     batch_first: bool = False
-    mode: str = "LSTM"  # or "tanh" / "relu" for nn.RNN
+    mode: str = "LSTM"  # or "tanh" / "relu" for nn.RNN, or "GRU"
+    bias: bool = True
 
     @property
     def id(self):
-        s = ("LSTM" if self.mode == "LSTM" else f"RNN-{self.mode}") + \
+        s = (self.mode if self.mode in ("LSTM", "GRU") else f"RNN-{self.mode}") + \
             f"-H{self.H}-B{self.B}-T{self.T}-I{self.I}"
         if self.layers != 1:
             s += f"-L{self.layers}"
@@ -72,6 +75,8 @@ class Case:
             s += "-nohx"
         if self.batch_first:
             s += "-bf"
+        if not self.bias:
+            s += "-nobias"
         return s
 
     def lengths(self):
@@ -116,12 +121,34 @@ RNN_CASES = [
     Case(H=65, B=13, T=50, I=5, bidir=True, packed=True, mode="tanh"),
 ]
 
+# H = 1, 5, 17, 33 (in and past one vector), 65 and 257 (several blocks);
+# reverse (bidir) with packed rows, where sequences start at their own last
+# step and read h0 in the middle of the batch.
+GRU_CASES = [
+    Case(H=1, B=1, T=1, I=5, mode="GRU"),
+    Case(H=1, B=7, T=5, I=19, bidir=True, packed=True, mode="GRU"),
+    Case(H=5, B=3, T=5, I=19, bidir=True, mode="GRU"),
+    Case(H=5, B=13, T=5, I=5, packed=True, hx=False, mode="GRU"),
+    Case(H=17, B=7, T=5, I=19, bidir=True, packed=True, mode="GRU"),
+    Case(H=17, B=1, T=5, I=5, layers=2, batch_first=True, mode="GRU"),
+    Case(H=17, B=3, T=1, I=5, bidir=True, mode="GRU", bias=False),
+    Case(H=33, B=13, T=1, I=19, bidir=True, mode="GRU"),
+    Case(H=33, B=7, T=5, I=5, layers=2, bidir=True, packed=True, mode="GRU"),
+    Case(H=33, B=13, T=5, I=19, packed=True, mode="GRU", bias=False),
+    Case(H=65, B=13, T=5, I=19, bidir=True, packed=True, batch_first=True, mode="GRU"),
+    Case(H=257, B=3, T=5, I=5, bidir=True, mode="GRU"),
+    Case(H=33, B=7, T=40, I=5, bidir=True, packed=True, mode="GRU"),
+]
+
 
 def make_modules(case, dtype=torch.float32):
     """(torch.nn module, lstm_ext module) with identical parameters."""
-    kw = dict(num_layers=case.layers, bidirectional=case.bidir, batch_first=case.batch_first, dtype=dtype)
+    kw = dict(num_layers=case.layers, bidirectional=case.bidir, batch_first=case.batch_first,
+              bias=case.bias, dtype=dtype)
     if case.mode == "LSTM":
         return module_pair(nn.LSTM, lstm_ext.LSTM, case.I, case.H, proj_size=case.proj, **kw)
+    if case.mode == "GRU":
+        return module_pair(nn.GRU, lstm_ext.GRU, case.I, case.H, **kw)
     return module_pair(nn.RNN, lstm_ext.RNN, case.I, case.H, nonlinearity=case.mode, **kw)
 
 
@@ -188,13 +215,11 @@ def check_case(case):
 
 # --- parity grid --------------------------------------------------------------------------
 
-@pytest.mark.parametrize("case", LSTM_CASES, ids=[c.id for c in LSTM_CASES])
-def test_lstm_matches_torch(kernel, case):
-    check_case(case)
+PARITY_CASES = LSTM_CASES + RNN_CASES + GRU_CASES
 
 
-@pytest.mark.parametrize("case", RNN_CASES, ids=[c.id for c in RNN_CASES])
-def test_rnn_matches_torch(kernel, case):
+@pytest.mark.parametrize("case", PARITY_CASES, ids=[c.id for c in PARITY_CASES])
+def test_matches_torch(kernel, case):
     check_case(case)
 
 
@@ -222,7 +247,7 @@ def test_unknown_kernel_raises(monkeypatch, value):
     m(torch.randn(3, 2, 4))
 
 
-@pytest.mark.parametrize("mode", ["LSTM", "tanh"])
+@pytest.mark.parametrize("mode", ["LSTM", "tanh", "GRU"])
 def test_auto_is_first_kernel(monkeypatch, mode):
     """Unset, "" and "auto" all run the first (best) kernel: bitwise the same results."""
     case = Case(H=33, B=7, T=5, I=19, bidir=True, packed=True, mode=mode)
@@ -258,6 +283,7 @@ NONFINITE_CASES = [
     Case(H=33, B=7, T=6, I=5, mode="tanh", bidir=True, packed=True),
     # relu's backward passes dh where h is NaN (threshold_backward), not 0
     Case(H=33, B=7, T=6, I=5, mode="relu", bidir=True),
+    Case(H=17, B=7, T=6, I=5, mode="GRU", bidir=True, packed=True),
 ]
 
 
@@ -309,6 +335,7 @@ THREAD_CASES = [
     Case(H=257, B=13, T=6, I=19, bidir=True, packed=True),
     Case(H=65, B=13, T=8, I=5, layers=2, proj=5),
     Case(H=257, B=7, T=6, I=19, mode="relu", packed=True),
+    Case(H=65, B=13, T=6, I=19, mode="GRU", bidir=True, packed=True),
 ]
 
 
@@ -336,6 +363,7 @@ def test_one_and_two_threads_agree(kernel, case):
 BF16_CASES = [
     Case(H=17, B=7, T=8, I=19, bidir=True, packed=True, proj=5),
     Case(H=65, B=13, T=6, I=5, mode="relu", packed=True),
+    Case(H=33, B=7, T=8, I=19, mode="GRU", bidir=True, packed=True),
 ]
 
 

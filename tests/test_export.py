@@ -28,10 +28,13 @@ def _models():
         Tagger(lstm_ext.LSTM(I, H, num_layers=2, batch_first=True, bidirectional=True), 2 * H),
         Tagger(lstm_ext.LSTM(I, H, batch_first=True, proj_size=5), 5),
         Tagger(lstm_ext.RNN(I, H, batch_first=True, nonlinearity="relu"), H),
+        Tagger(lstm_ext.GRU(I, H, num_layers=2, batch_first=True, bidirectional=True), 2 * H),
+        Tagger(lstm_ext.GRU(I, H, batch_first=True, bias=False), H),
     ]
 
 
-@pytest.mark.parametrize("model", _models(), ids=["lstm-2layer-bi", "lstm-proj", "rnn-relu"])
+@pytest.mark.parametrize("model", _models(), ids=["lstm-2layer-bi", "lstm-proj", "rnn-relu", "gru-2layer-bi",
+                                                  "gru-nobias"])
 def test_export_runs_like_the_eager_model(model):
     model.eval()
     x = torch.randn(4, 6, I)
@@ -44,19 +47,28 @@ def test_export_runs_like_the_eager_model(model):
         torch.testing.assert_close(exported.module()(fresh), model(fresh), atol=0, rtol=0)
 
 
-def test_export_under_no_grad_saves_no_activations():
+@pytest.mark.parametrize("index,op", [(0, "lstm_forward"), (3, "gru_forward")], ids=["lstm", "gru"])
+def test_export_under_no_grad_saves_no_activations(index, op):
     """Exported for inference, the layer ops are called with save_for_backward=False."""
-    model = _models()[0].eval()
+    model = _models()[index].eval()
     with torch.no_grad():
         exported = torch.export.export(model, (torch.randn(2, 5, I),))
-    calls = [n for n in exported.graph.nodes if str(n.target).startswith("lstm_ext.lstm_forward")]
-    assert calls and all(n.args[7] is False for n in calls), [n.args for n in calls]
+    calls = [n for n in exported.graph.nodes if str(n.target).startswith(f"lstm_ext.{op}")]
+    assert len(calls) == 4 and all(n.args[7] is False for n in calls), [n.args for n in calls]
 
 
-def test_onnx_export_refuses_with_a_clear_error_and_the_way_out():
-    model = _models()[0].eval()
-    with pytest.raises(torch.onnx.errors.OnnxExporterError, match=r"no ONNX export.*lstm_ext\.to_torch_nn"):
-        torch.onnx.export(model, (torch.randn(2, 5, I),), io.BytesIO(), dynamo=False)
+def test_onnx_export_emits_onnx_recurrent_nodes():
+    """lstm_ext layers export as ONNX's own LSTM / RNN nodes (tests/test_onnx.py
+    covers the rest: both exporters, onnxruntime, the cells, GRU, packed input);
+    proj_size, which ONNX's LSTM cannot express, raises a clear error."""
+    onnx = pytest.importorskip("onnx", reason="needs onnx: pip install onnx onnxruntime onnxscript")
+    for model, expected in ((_models()[0], ["LSTM", "LSTM"]), (_models()[2], ["RNN"])):
+        f = io.BytesIO()
+        torch.onnx.export(model.eval(), (torch.randn(2, 5, I),), f, dynamo=False)
+        ops = [n.op_type for n in onnx.load_from_string(f.getvalue()).graph.node]
+        assert [op for op in ops if op in ("LSTM", "GRU", "RNN", "Loop", "Scan")] == expected, ops
+    with pytest.raises(torch.onnx.errors.OnnxExporterError, match=r"proj_size > 0 has no ONNX export"):
+        torch.onnx.export(_models()[1].eval(), (torch.randn(2, 5, I),), io.BytesIO(), dynamo=False)
 
 
 @pytest.mark.parametrize("training", [True, False])

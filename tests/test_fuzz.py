@@ -1,7 +1,7 @@
 """Property-based tests (Hypothesis): parity with torch.nn over random
 configurations, and a fuzzer of malformed input.
 
-* Parity: random LSTM / RNN (tanh, relu) configurations (T 1-64, B 0-9, I 1-40,
+* Parity: random LSTM / RNN (tanh, relu) / GRU configurations (T 1-64, B 0-9, I 1-40,
   H 1-64, 1-3 layers, uni-/bidirectional, batch_first, bias, hx or not,
   contiguous / transposed / step-2 input and states, proj_size for the LSTM,
   unbatched 2-D input now and then); outputs and the gradients of the input,
@@ -9,7 +9,7 @@ configurations, and a fuzzer of malformed input.
   reference loops, tight tolerances) and float32 (the fused kernels).  An
   empty batch (B=0, drawn and explicit examples): torch.nn returns empty
   results, and lstm_ext must return the same.
-* Fuzzer: LSTM, RNN, LSTMCell and RNNCell called with wrong ranks, sizes,
+* Fuzzer: LSTM, RNN, GRU, LSTMCell, RNNCell and GRUCell called with wrong ranks, sizes,
   dtypes, devices, hx structures, NaN/inf values and odd strides: lstm_ext
   must raise what torch.nn raises (the same type or a subclass, with a
   message, before any lstm_ext kernel runs) or return what torch.nn returns
@@ -102,6 +102,14 @@ def test_rnn_parity_f64(cfg):
     _parity(cfg)
 
 
+@settings(max_examples=60, **FUZZ_SETTINGS)
+@given(cfg=parity_configs(modes=("GRU",), dtypes=("float64",)))
+@empty_batch("GRU", "float64")
+@empty_batch("GRU", "float64", use_hx=True, batch_first=True, layout="transposed", L=3)
+def test_gru_parity_f64(cfg):
+    _parity(cfg)
+
+
 @settings(max_examples=40, **FUZZ_SETTINGS)
 @given(cfg=parity_configs(modes=("LSTM",), dtypes=("float32",)))
 @empty_batch("LSTM", "float32", use_hx=True, batch_first=True, proj_size=3)
@@ -116,11 +124,18 @@ def test_rnn_parity_f32(cfg):
     _parity(cfg)
 
 
+@settings(max_examples=40, **FUZZ_SETTINGS)
+@given(cfg=parity_configs(modes=("GRU",), dtypes=("float32",)))
+@empty_batch("GRU", "float32", use_hx=True, layout="step", bidirectional=False)
+def test_gru_parity_f32(cfg):
+    _parity(cfg)
+
+
 # =============================================================================== fuzzer
 
 
 # Every module kind x every kind of edit ("none": a valid call, which is where the
-# cells' parity is tested), 20 examples each (1,360 cases per device, ~10 s on
+# cells' parity is tested), 20 examples each (2,040 cases per device, ~15 s on
 # the CPU; 100 each were run once, clean): a bounded run covers them all. On
 # CUDA, lstm_ext runs on the GPU and torch.nn on the CPU is the oracle (cuDNN
 # refuses strided hx, which lstm_ext accepts), and the "meta" edits leave a

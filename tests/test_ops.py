@@ -1,8 +1,6 @@
 """Op-level tests: torch.ops.lstm_ext.lstm_forward / lstm_backward and the
 differentiable Python wrapper lstm_ext.ops.lstm_layer, against the pure-PyTorch
 reference in tests/reference.py (and, for reverse=True, against torch.nn)."""
-import math
-
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -10,25 +8,18 @@ from hypothesis import strategies as st
 
 import lstm_ext  # noqa: F401  (loads the extension and registers the ops)
 from lstm_ext import ops as lstm_ops
+import cells
 from helpers import assert_close, leaf, tols
 from reference import lstm_layer_ref
 
 OPS = torch.ops.lstm_ext
 
 
-def make_inputs(T, B, I, H, dtype=torch.float64, device="cpu", bias=True, seed=0, scale=1.0):
-    g = torch.Generator().manual_seed(seed)
-    k = scale / math.sqrt(H)
-
-    def u(*shape):
-        return ((torch.rand(*shape, generator=g, dtype=dtype) * 2 - 1) * k).to(device)
-
-    x = torch.randn(T, B, I, generator=g, dtype=dtype).to(device)
-    w_ih, w_hh = u(4 * H, I), u(4 * H, H)
-    b = u(4 * H) if bias else None
-    h0 = (0.5 * torch.randn(B, H, generator=g, dtype=dtype)).to(device)
-    c0 = (0.5 * torch.randn(B, H, generator=g, dtype=dtype)).to(device)
-    return x, w_ih, w_hh, b, h0, c0
+def make_inputs(T, B, I, H, **kwargs):
+    """(x, w_ih, w_hh, bias, h0, c0) for the LSTM ops, bias = b_ih + b_hh (None
+    with bias=False): the shared input factory's (tests/cells.py), whose
+    keywords (dtype, device, bias, seed, scale) it takes."""
+    return cells.make_inputs(cells.LSTM, T, B, I, H, **kwargs).op_args()
 
 
 def cotangents(T, B, H, dtype, device, seed=99):

@@ -1,6 +1,6 @@
 """Op-level tests of the vanilla RNN ops: torch.ops.lstm_ext.rnn_forward /
 rnn_backward and the differentiable wrapper lstm_ext.rnn_ops.rnn_layer,
-against a pure-PyTorch reference (below) and torch.nn.RNN.
+against the pure-PyTorch reference of tests/cells.py and torch.nn.RNN.
 
 Both ops have CPU and CUDA kernels (csrc/cpu/rnn_cpu.cpp,
 csrc/cuda_binding/rnn_cuda.cpp): the tests of values, gradients, gradcheck,
@@ -8,14 +8,13 @@ opcheck, fake kernels and argument checking take the ``device`` fixture
 (conftest.py: "cpu", and "cuda" where there is a GPU), as tests/test_ops.py
 does for the LSTM ops. The few that stay on the CPU say why.
 """
-import math
-
 import pytest
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from lstm_ext import rnn_ops
+import cells
 from helpers import assert_close, assert_message, dtype_re, leaf, needs_cuda, num_re, shape_re, tols
 
 OPS = torch.ops.lstm_ext
@@ -23,83 +22,24 @@ GRAD_NAMES = ("grad_x", "grad_w_ih", "grad_w_hh", "grad_bias", "grad_h0")
 LENGTHS = [5, 3, 3, 1]  # sorted, as pack_padded_sequence(enforce_sorted=True) wants
 
 
-# --- reference ------------------------------------------------------------------
-
-def batch_sizes_of(lengths):
-    """PackedSequence.batch_sizes for sorted lengths: int64 [T] on the CPU."""
-    return torch.tensor([sum(1 for n in lengths if n > t) for t in range(max(lengths))],
-                        dtype=torch.int64)
-
-
-def _dense_ref(x, w_ih, w_hh, bias, h0, reverse, relu):
-    """x [T,B,I] -> (y [T,B,H], h_n [B,H], pre [T,B,H]) with a Python time loop."""
-    act = torch.relu if relu else torch.tanh
-    T = x.shape[0]
-    h = h0
-    ys, pres = [None] * T, [None] * T
-    for t in (range(T - 1, -1, -1) if reverse else range(T)):
-        pre = x[t] @ w_ih.t() + h @ w_hh.t()
-        if bias is not None:
-            pre = pre + bias
-        h = act(pre)
-        ys[t], pres[t] = h, pre
-    if T == 0:
-        empty = x.new_zeros(0, x.shape[1], w_hh.shape[0])
-        return empty, h, empty
-    return torch.stack(ys), h, torch.stack(pres)
-
+# --- reference and inputs: the shared ones of tests/cells.py ------------------------
 
 def rnn_layer_ref(x, w_ih, w_hh, bias, h0, reverse=False, relu=False, batch_sizes=None):
-    """One RNN layer, one direction; returns (y, h_n, pre-activations).
-
-    Packed input is handled independently of the kernel's design: each
-    sequence is cut out of the packed data and run on its own (batch 1), then
-    packed back."""
-    if batch_sizes is None:
-        return _dense_ref(x, w_ih, w_hh, bias, h0, reverse, relu)
-    bs = batch_sizes.tolist()
-    offsets = [sum(bs[:t]) for t in range(len(bs))]
-    B = bs[0]
-    rows = {}  # packed row index -> (y row, pre row)
-    h_n = []
-    for b in range(B):
-        length = sum(1 for n in bs if n > b)
-        idx = [offsets[t] + b for t in range(length)]
-        y_b, hn_b, pre_b = _dense_ref(x[idx].unsqueeze(1), w_ih, w_hh, bias, h0[b:b + 1],
-                                      reverse, relu)
-        for t, i in enumerate(idx):
-            rows[i] = (y_b[t, 0], pre_b[t, 0])
-        h_n.append(hn_b[0])
-    N = x.shape[0]
-    y = torch.stack([rows[i][0] for i in range(N)])
-    pre = torch.stack([rows[i][1] for i in range(N)])
-    return y, torch.stack(h_n), pre
+    """One RNN layer, one direction (cells.layer_reference); returns (y, h_n,
+    pre-activations). Packed input is run one sequence at a time."""
+    kind = cells.RNN_RELU if relu else cells.RNN_TANH
+    y, (h_n,), (pre,) = cells.layer_reference(kind, x, w_ih, w_hh, bias, None, (h0,), reverse, batch_sizes)
+    return y, h_n, pre
 
 
-# --- inputs ---------------------------------------------------------------------
-
-def make_inputs(T, B, I, H, dtype=torch.float64, bias=True, seed=0, scale=1.0, lengths=None, device="cpu"):
-    """(x, w_ih, w_hh, bias, h0, batch_sizes); x is packed [N,I] when lengths is given.
-    The values are drawn on the CPU (the same on every device), then moved to
-    ``device``; batch_sizes stays on the CPU, as in PackedSequence."""
-    g = torch.Generator().manual_seed(seed)
-    k = scale / math.sqrt(H)
-
-    def u(*shape):
-        return (torch.rand(*shape, generator=g, dtype=dtype) * 2 - 1) * k
-
-    batch_sizes = None
-    if lengths is not None:
-        batch_sizes = batch_sizes_of(lengths)
-        B = len(lengths)
-        x = torch.randn(int(batch_sizes.sum()), I, generator=g, dtype=dtype)
-    else:
-        x = torch.randn(T, B, I, generator=g, dtype=dtype)
-    w_ih, w_hh = u(H, I), u(H, H)
-    b = u(H) if bias else None
-    h0 = 0.5 * torch.randn(B, H, generator=g, dtype=dtype)
-    x, w_ih, w_hh, b, h0 = (None if t is None else t.to(device) for t in (x, w_ih, w_hh, b, h0))
-    return x, w_ih, w_hh, b, h0, batch_sizes
+def make_inputs(T, B, I, H, **kwargs):
+    """(x, w_ih, w_hh, bias, h0, batch_sizes) for the RNN ops, bias = b_ih +
+    b_hh (None with bias=False), x packed [N,I] when ``lengths`` is given: the
+    shared input factory's (cells.make_inputs), whose keywords (dtype, device,
+    bias, seed, scale, lengths) it takes. The values are drawn on the CPU (the
+    same on every device); batch_sizes stays on the CPU, as in PackedSequence."""
+    inputs = cells.make_inputs(cells.RNN_TANH, T, B, I, H, **kwargs)
+    return (*inputs.op_args(), inputs.batch_sizes)
 
 
 def cotangents(y, h_n, seed=99):

@@ -11,17 +11,17 @@ namespace {
 constexpr int64_t kMinRowsForPacking = 32;
 
 // The fused kernels' GEMM for float32 with enough rows, else null.
-const fused::Kernels* fused_gemm_kernels(const at::Tensor& out, int64_t rows) {
-  return out.scalar_type() == at::kFloat && rows >= kMinRowsForPacking ? selected_fused_kernels()
-                                                                       : nullptr;
+const fused::Kernels* fused_gemm_kernels(const CpuKernels& kernels, const at::Tensor& out,
+                                         int64_t rows) {
+  return out.scalar_type() == at::kFloat && rows >= kMinRowsForPacking ? kernels.f32 : nullptr;
 }
 
 }  // namespace
 
-void input_projection_into(at::Tensor& out, const at::Tensor& x2d, const at::Tensor& w,
-                           const OptTensor& bias) {
+void input_projection_into(const CpuKernels& kernels, at::Tensor& out, const at::Tensor& x2d,
+                           const at::Tensor& w, const OptTensor& bias) {
   const int64_t M = x2d.size(0), N = w.size(0), K = w.size(1);
-  const fused::Kernels* k = fused_gemm_kernels(out, M);
+  const fused::Kernels* k = fused_gemm_kernels(kernels, out, M);
   if (k == nullptr) {
     input_projection_out(out, x2d, w, bias);
     return;
@@ -35,10 +35,11 @@ void input_projection_into(at::Tensor& out, const at::Tensor& x2d, const at::Ten
 
 namespace {
 
-at::Tensor input_gradient_float(const at::Tensor& grad_pre, const at::Tensor& w) {
+at::Tensor input_gradient_float(const CpuKernels& kernels, const at::Tensor& grad_pre,
+                                const at::Tensor& w) {
   const int64_t M = grad_pre.size(0), G = w.size(0), I = w.size(1);
   at::Tensor out = at::empty({M, I}, grad_pre.options());
-  const fused::Kernels* k = fused_gemm_kernels(out, M);
+  const fused::Kernels* k = fused_gemm_kernels(kernels, out, M);
   if (k == nullptr) return at::mm_out(out, grad_pre, w);
   const fused::Panels packed =
       pack_weights(*k, fused::Slot::kInput, fused::PackKind::kColumns, w.data_ptr<float>(), I, G);
@@ -63,12 +64,11 @@ at::Tensor input_gradient_bf16(const fused::Bf16Kernels& k, const at::Tensor& gr
 
 }  // namespace
 
-at::Tensor input_gradient(const at::Tensor& grad_pre, const at::Tensor& w) {
-  if (w.scalar_type() == at::kBFloat16 && grad_pre.scalar_type() == at::kFloat) {
-    if (const fused::Bf16Kernels* k = selected_bf16_kernels())
-      return input_gradient_bf16(*k, grad_pre, w.contiguous());
-  }
-  return input_gradient_float(grad_pre, w.to(grad_pre.scalar_type()).contiguous());
+at::Tensor input_gradient(const CpuKernels& kernels, const at::Tensor& grad_pre,
+                          const at::Tensor& w) {
+  if (w.scalar_type() == at::kBFloat16 && grad_pre.scalar_type() == at::kFloat && kernels.bf16)
+    return input_gradient_bf16(*kernels.bf16, grad_pre, w.contiguous());
+  return input_gradient_float(kernels, grad_pre, w.to(grad_pre.scalar_type()).contiguous());
 }
 
 }  // namespace lstm_ext::cpu

@@ -38,6 +38,13 @@ const fused::Kernels* usable(const Candidate& c) {
   return k != nullptr && cpu_supports(c.name) ? k : nullptr;
 }
 
+// The best float32 kernels usable here, or null (then the reference loops).
+const fused::Kernels* best_float() {
+  for (const auto& c : kCandidates)
+    if (const auto* k = usable(c)) return k;
+  return nullptr;
+}
+
 constexpr const char* kBf16Name = "avx512bf16";
 
 const fused::Bf16Kernels* usable_bf16() {
@@ -66,37 +73,27 @@ std::vector<std::string> available_cpu_kernels() {
   return names;
 }
 
-const fused::Kernels* selected_fused_kernels() {
+CpuKernels select_cpu_kernels() {
   const char* env = std::getenv("LSTM_EXT_CPU_KERNEL");
   const std::string want = env ? env : "";
-  if (want.empty() || want == "auto" || want == kBf16Name) {
-    if (want == kBf16Name) selected_bf16_kernels();  // the same error where it is missing
-    for (const auto& c : kCandidates)
-      if (const auto* k = usable(c)) return k;
-    return nullptr;
-  }
-  if (want == "reference") return nullptr;
+  if (want.empty() || want == "auto") return {best_float(), usable_bf16()};
+  if (want == "reference") return {nullptr, nullptr};
+  const bool bf16 = want == kBf16Name;
+  const fused::Kernels* named = nullptr;
+  bool known = bf16;
   for (const auto& c : kCandidates) {
     if (want != c.name) continue;
-    const auto* k = usable(c);
-    LSTM_EXT_CHECK(k != nullptr, "LSTM_EXT_CPU_KERNEL=", want,
-                   ": this kernel is not available here (available: ",
-                   joined(available_cpu_kernels()), ")");
-    return k;
+    named = usable(c);
+    known = true;
   }
-  LSTM_EXT_CHECK(false, "LSTM_EXT_CPU_KERNEL=", want, ": expected one of auto, ",
+  LSTM_EXT_CHECK(known, "LSTM_EXT_CPU_KERNEL=", want, ": expected one of auto, ",
                  joined(available_cpu_kernels()));
-}
-
-const fused::Bf16Kernels* selected_bf16_kernels() {
-  const char* env = std::getenv("LSTM_EXT_CPU_KERNEL");
-  const std::string want = env ? env : "";
-  if (want.empty() || want == "auto") return usable_bf16();
-  if (want != kBf16Name) return nullptr;
-  const auto* k = usable_bf16();
-  LSTM_EXT_CHECK(k != nullptr, "LSTM_EXT_CPU_KERNEL=", want, ": this kernel is not available here ",
-                 "(available: ", joined(available_cpu_kernels()), ")");
-  return k;
+  LSTM_EXT_CHECK(bf16 ? usable_bf16() != nullptr : named != nullptr, "LSTM_EXT_CPU_KERNEL=", want,
+                 ": this kernel is not available here (available: ",
+                 joined(available_cpu_kernels()), ")");
+  // avx512bf16 asks for the native bfloat16 path and leaves float32 on its
+  // default; a float32 kernel's name keeps bfloat16 on the upcast path.
+  return bf16 ? CpuKernels{best_float(), usable_bf16()} : CpuKernels{named, nullptr};
 }
 
 int loop_threads(int64_t macs_per_step) {

@@ -55,10 +55,10 @@ Tensor gates_output(const Tensor& gates, const LstmDims& d, bool saved) {
 }
 
 // x W_ih^T + bias for all N rows at once, into gates_buffer.
-Tensor input_projection(const Tensor& x, const Tensor& w_ih, const OptTensor& bias,
-                        const LstmDims& d, bool saved) {
+Tensor input_projection(const CpuKernels& kernels, const Tensor& x, const Tensor& w_ih,
+                        const OptTensor& bias, const LstmDims& d, bool saved) {
   Tensor gates = gates_buffer(d, x.options(), saved);
-  input_projection_into(gates, x.view({d.seq.N, d.I}), w_ih, bias);
+  input_projection_into(kernels, gates, x.view({d.seq.N, d.I}), w_ih, bias);
   return gates;
 }
 
@@ -114,16 +114,15 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_cpu(
   const LstmDims d =
       check_lstm_forward_args(x_in, w_ih_in, w_hh_in, bias, h0, c0, batch_sizes, w_hr_in);
   const StepLayout layout = make_step_layout(d.seq, batch_sizes);
-  if (x_in.scalar_type() == at::kBFloat16) {
-    if (const fused::Bf16Kernels* k = selected_bf16_kernels())
-      return lstm_forward_bf16(*k, d, layout, x_in, w_ih_in, w_hh_in, bias, h0, c0, reverse,
-                               save_for_backward, w_hr_in);
-  }
+  const CpuKernels kernels = select_cpu_kernels();
+  if (x_in.scalar_type() == at::kBFloat16 && kernels.bf16)
+    return lstm_forward_bf16(*kernels.bf16, d, layout, x_in, w_ih_in, w_hh_in, bias, h0, c0,
+                             reverse, save_for_backward, w_hr_in);
   const Tensor x = to_compute(x_in), w_ih = to_compute(w_ih_in), w_hh = to_compute(w_hh_in);
   const OptTensor w_hr = to_compute(w_hr_in);
   const auto opts = x.options();
 
-  Tensor gates = input_projection(x, w_ih, to_compute(bias), d, save_for_backward);
+  Tensor gates = input_projection(kernels, x, w_ih, to_compute(bias), d, save_for_backward);
   Tensor y = at::empty(d.seq.shape(d.P), opts);
   Tensor cells = save_for_backward ? at::empty(d.seq.shape(d.H), opts) : at::empty({0}, opts);
   // c_state starts as c0 and ends as c_n; h_n is gathered from y afterwards.
@@ -134,7 +133,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward_cpu(
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_forward_cpu", [&] {
     lstm_forward_loop<scalar_t>(
-        layout, reverse, save_for_backward, d.H, d.P, w_hh.data_ptr<scalar_t>(),
+        kernels.f32, layout, reverse, save_for_backward, d.H, d.P, w_hh.data_ptr<scalar_t>(),
         ptr_or_null<scalar_t>(w_hr), gates.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
         save_for_backward ? cells.data_ptr<scalar_t>() : nullptr, h0c.data_ptr<scalar_t>(),
         c_state.data_ptr<scalar_t>(), d.projected ? h_raw.data_ptr<scalar_t>() : nullptr);
@@ -157,6 +156,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
                                w_hh_in, h0_in, c0_in, y_in, gates_in, cells_in, batch_sizes,
                                w_hr_in);
   const StepLayout layout = make_step_layout(d.seq, batch_sizes);
+  const CpuKernels kernels = select_cpu_kernels();
   // x and w_ih are read in their storage dtype (weight_gradients, input_gradient).
   const Tensor w_hh = to_compute(w_hh_in);
   const Tensor h0 = to_compute(h0_in), c0 = to_compute(c0_in), y = to_compute(y_in);
@@ -180,8 +180,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
   AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "lstm_backward_cpu", [&] {
     auto opt_ptr = [](const Tensor& t) { return t.defined() ? t.data_ptr<scalar_t>() : nullptr; };
     lstm_backward_loop<scalar_t>(
-        layout, reverse, d.H, d.P, w_hh.data_ptr<scalar_t>(), ptr_or_null<scalar_t>(w_hr),
-        gates.data_ptr<scalar_t>(), cells.data_ptr<scalar_t>(), c0.data_ptr<scalar_t>(),
+        kernels.f32, layout, reverse, d.H, d.P, w_hh.data_ptr<scalar_t>(),
+        ptr_or_null<scalar_t>(w_hr), gates.data_ptr<scalar_t>(), cells.data_ptr<scalar_t>(),
+        c0.data_ptr<scalar_t>(),
         ptr_or_null<scalar_t>(grad_y), ptr_or_null<scalar_t>(grad_cells),
         grad_h.data_ptr<scalar_t>(), grad_c.data_ptr<scalar_t>(), grad_gates.data_ptr<scalar_t>(),
         opt_ptr(grad_h_all), opt_ptr(h_raw_all), opt_ptr(grad_h_raw));
@@ -192,7 +193,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> lstm_backward
       weight_gradients(grad_gates, x_in.reshape({N, d.I}), layout, reverse, y, h0);
   Tensor grad_bias = grad_gates.sum(0);
   Tensor grad_w_hr = d.projected ? at::mm(grad_h_all.t(), h_raw_all) : at::empty({0}, opts);
-  Tensor grad_x = need_grad_x ? input_gradient(grad_gates, w_ih_in).view(x_in.sizes())
+  Tensor grad_x = need_grad_x ? input_gradient(kernels, grad_gates, w_ih_in).view(x_in.sizes())
                                : at::empty({0}, opts);
   const auto out = [&](const Tensor& g) { return to_storage(g, x_in); };
   // grad_bias stays in the compute dtype (ops.cpp); autograd casts it to the bias's dtype.

@@ -15,11 +15,12 @@
 namespace lstm_ext::cpu {
 
 template <typename scalar_t>
-void lstm_forward_loop(const StepLayout& layout, bool reverse, bool save, int64_t H, int64_t P,
-                       const scalar_t* w_hh, const scalar_t* w_hr, scalar_t* gates, scalar_t* y,
-                       scalar_t* cells, const scalar_t* h0, scalar_t* c_state, scalar_t* h_raw) {
+void lstm_forward_loop(const fused::Kernels* kernels, const StepLayout& layout, bool reverse,
+                       bool save, int64_t H, int64_t P, const scalar_t* w_hh, const scalar_t* w_hr,
+                       scalar_t* gates, scalar_t* y, scalar_t* cells, const scalar_t* h0,
+                       scalar_t* c_state, scalar_t* h_raw) {
   if constexpr (std::is_same_v<scalar_t, float>) {
-    if (const fused::Kernels* k = selected_fused_kernels()) {
+    if (const fused::Kernels* k = kernels) {
       using fused::PackKind, fused::Slot;
       const fused::Panels w = pack_weights(*k, Slot::kRecurrent, PackKind::kGates, w_hh, H, P);
       const fused::Panels wr = w_hr ? pack_weights(*k, Slot::kProjection, PackKind::kRows, w_hr, P, H)
@@ -51,14 +52,14 @@ void lstm_forward_loop(const StepLayout& layout, bool reverse, bool save, int64_
 }
 
 template <typename scalar_t>
-void lstm_backward_loop(const StepLayout& layout, bool reverse, int64_t H, int64_t P,
-                        const scalar_t* w_hh, const scalar_t* w_hr, const scalar_t* gates,
-                        const scalar_t* cells, const scalar_t* c0, const scalar_t* grad_y,
-                        const scalar_t* grad_cells, scalar_t* grad_h, scalar_t* grad_c,
-                        scalar_t* grad_gates, scalar_t* grad_h_all, scalar_t* h_raw_all,
-                        scalar_t* grad_h_raw) {
+void lstm_backward_loop(const fused::Kernels* kernels, const StepLayout& layout, bool reverse,
+                        int64_t H, int64_t P, const scalar_t* w_hh, const scalar_t* w_hr,
+                        const scalar_t* gates, const scalar_t* cells, const scalar_t* c0,
+                        const scalar_t* grad_y, const scalar_t* grad_cells, scalar_t* grad_h,
+                        scalar_t* grad_c, scalar_t* grad_gates, scalar_t* grad_h_all,
+                        scalar_t* h_raw_all, scalar_t* grad_h_raw) {
   if constexpr (std::is_same_v<scalar_t, float>) {
-    if (const fused::Kernels* k = selected_fused_kernels()) {
+    if (const fused::Kernels* k = kernels) {
       using fused::PackKind, fused::Slot;
       const fused::Panels w = pack_weights(*k, Slot::kRecurrent, PackKind::kColumns, w_hh, P, 4 * H);
       const fused::Panels wr =
@@ -112,11 +113,12 @@ void lstm_backward_loop(const StepLayout& layout, bool reverse, int64_t H, int64
 }
 
 #define LSTM_EXT_INSTANTIATE(T)                                                                  \
-  template void lstm_forward_loop<T>(const StepLayout&, bool, bool, int64_t, int64_t, const T*, \
-                                     const T*, T*, T*, T*, const T*, T*, T*);                         \
-  template void lstm_backward_loop<T>(const StepLayout&, bool, int64_t, int64_t, const T*,      \
-                                      const T*, const T*, const T*, const T*, const T*,         \
-                                      const T*, T*, T*, T*, T*, T*, T*);
+  template void lstm_forward_loop<T>(const fused::Kernels*, const StepLayout&, bool, bool,      \
+                                     int64_t, int64_t, const T*, const T*, T*, T*, T*, const T*, \
+                                     T*, T*);                                                    \
+  template void lstm_backward_loop<T>(const fused::Kernels*, const StepLayout&, bool, int64_t,  \
+                                      int64_t, const T*, const T*, const T*, const T*,          \
+                                      const T*, const T*, const T*, T*, T*, T*, T*, T*, T*);
 LSTM_EXT_INSTANTIATE(float)
 LSTM_EXT_INSTANTIATE(double)
 #undef LSTM_EXT_INSTANTIATE

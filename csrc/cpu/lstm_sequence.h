@@ -2,8 +2,9 @@
 //
 // The input projection (x W_ih^T + b for all steps) and the weight gradients
 // are single large GEMMs done by the caller; these loops do only what must be
-// sequential. float32 runs on the fused kernels (cpu/fused/kernels.h) unless
-// LSTM_EXT_CPU_KERNEL=reference (cpu/kernel_select.h); the reference loops
+// sequential. float32 runs on the fused kernels (cpu/fused/kernels.h) the
+// caller passes (its op call's choice, cpu/kernel_select.h); with null, and
+// for float64, the reference loops
 // here (float64, and the oracle for the fused ones) make per step one BLAS
 // call for the recurrent GEMM (and the projection's, with w_hr) and one
 // fused at::vec elementwise pass. Neither allocates nor calls the
@@ -21,6 +22,12 @@
 
 namespace lstm_ext::cpu {
 
+namespace fused {
+struct Kernels;
+}  // namespace fused
+
+// kernels  the op call's fused float32 kernels, or null for the reference
+//          loop (float64 always runs it).
 // w_hh    [4H,P]  recurrent weights; w_hr [P,H] projection or null (P == H).
 // gates   [N,4H]  in: x W_ih^T + bias; out: activations i, f, g, o when save,
 //                 otherwise clobbered.
@@ -30,11 +37,12 @@ namespace lstm_ext::cpu {
 // c_state [B,H]   in: c0; out: c_n.
 // h_raw   [B,H]   scratch for o * tanh(c_t) before projection; null without w_hr.
 template <typename scalar_t>
-void lstm_forward_loop(const StepLayout& layout, bool reverse, bool save, int64_t H, int64_t P,
-                       const scalar_t* w_hh, const scalar_t* w_hr, scalar_t* gates, scalar_t* y,
-                       scalar_t* cells, const scalar_t* h0, scalar_t* c_state, scalar_t* h_raw);
+void lstm_forward_loop(const fused::Kernels* kernels, const StepLayout& layout, bool reverse,
+                       bool save, int64_t H, int64_t P, const scalar_t* w_hh, const scalar_t* w_hr,
+                       scalar_t* gates, scalar_t* y, scalar_t* cells, const scalar_t* h0,
+                       scalar_t* c_state, scalar_t* h_raw);
 
-// w_hh, w_hr  as in forward.
+// kernels, w_hh, w_hr  as in forward.
 // gates       [N,4H] saved activations; cells [N,H] saved c_t; c0 [B,H].
 // grad_y      [N,P] or null; grad_cells [N,H] or null.
 // grad_h      [B,P]  in: gradient at h_n (zeros if none); out: at h0.
@@ -45,11 +53,11 @@ void lstm_forward_loop(const StepLayout& layout, bool reverse, bool save, int64_
 //   h_raw_all  [N,H] out: o * tanh(c_t), recomputed.
 //   grad_h_raw [B,H] scratch.
 template <typename scalar_t>
-void lstm_backward_loop(const StepLayout& layout, bool reverse, int64_t H, int64_t P,
-                        const scalar_t* w_hh, const scalar_t* w_hr, const scalar_t* gates,
-                        const scalar_t* cells, const scalar_t* c0, const scalar_t* grad_y,
-                        const scalar_t* grad_cells, scalar_t* grad_h, scalar_t* grad_c,
-                        scalar_t* grad_gates, scalar_t* grad_h_all, scalar_t* h_raw_all,
-                        scalar_t* grad_h_raw);
+void lstm_backward_loop(const fused::Kernels* kernels, const StepLayout& layout, bool reverse,
+                        int64_t H, int64_t P, const scalar_t* w_hh, const scalar_t* w_hr,
+                        const scalar_t* gates, const scalar_t* cells, const scalar_t* c0,
+                        const scalar_t* grad_y, const scalar_t* grad_cells, scalar_t* grad_h,
+                        scalar_t* grad_c, scalar_t* grad_gates, scalar_t* grad_h_all,
+                        scalar_t* h_raw_all, scalar_t* grad_h_raw);
 
 }  // namespace lstm_ext::cpu

@@ -36,17 +36,18 @@ std::tuple<Tensor, Tensor> rnn_forward_cpu(const Tensor& x_in, const Tensor& w_i
   const SequenceDims& s = d.seq;
   const Tensor x = to_compute(x_in), w_ih = to_compute(w_ih_in), w_hh = to_compute(w_hh_in);
   const StepLayout L = make_step_layout(s, batch_sizes);
+  const CpuKernels kernels = select_cpu_kernels();
 
   // y starts as x W_ih^T + bias for all N rows (one GEMM); the time loop adds
   // the recurrent product and applies the activation in place.
   Tensor y = at::empty(s.shape(d.H), x.options());
   Tensor y2d = y.view({s.N, d.H});
-  input_projection_into(y2d, x.view({s.N, d.I}), w_ih, to_compute(bias));
+  input_projection_into(kernels, y2d, x.view({s.N, d.I}), w_ih, to_compute(bias));
   const Tensor h0c = to_compute(h0);
   Tensor h_n = at::empty({s.B, d.H}, x.options());
 
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "rnn_forward_cpu", [&] {
-    rnn_forward_loop<scalar_t>(L, d.H, reverse, relu, w_hh.data_ptr<scalar_t>(),
+    rnn_forward_loop<scalar_t>(kernels.f32, L, d.H, reverse, relu, w_hh.data_ptr<scalar_t>(),
                                h0c.data_ptr<scalar_t>(), y.data_ptr<scalar_t>());
     gather_final_state<scalar_t>(L, reverse, d.H, y.data_ptr<scalar_t>(), h0c.data_ptr<scalar_t>(),
                                  h_n.data_ptr<scalar_t>());
@@ -68,6 +69,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
   const Tensor h0 = to_compute(h0_in), y = to_compute(y_in);
   const auto grad_y = to_compute(grad_y_in);
   const StepLayout L = make_step_layout(s, batch_sizes);
+  const CpuKernels kernels = select_cpu_kernels();
   const auto opts = h0.options();
 
   // Gradient at the carried state: starts as grad_h_n (zero when absent),
@@ -76,7 +78,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
   Tensor d_pre = scratch(ScratchRole::kGradGates, {s.N, d.H}, opts);
 
   AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "rnn_backward_cpu", [&] {
-    rnn_backward_loop<scalar_t>(L, d.H, reverse, relu, w_hh.data_ptr<scalar_t>(),
+    rnn_backward_loop<scalar_t>(kernels.f32, L, d.H, reverse, relu, w_hh.data_ptr<scalar_t>(),
                                 y.data_ptr<scalar_t>(),
                                 grad_y ? grad_y->data_ptr<scalar_t>() : nullptr,
                                 grad_h.data_ptr<scalar_t>(), d_pre.data_ptr<scalar_t>());
@@ -85,8 +87,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cpu(
   // One GEMM for both weight gradients over all N rows (zeros when N == 0).
   auto [grad_w_ih, grad_w_hh] = weight_gradients(d_pre, x_in.reshape({s.N, d.I}), L, reverse, y, h0);
   Tensor grad_bias = d_pre.sum(0);
-  Tensor grad_x =
-      need_grad_x ? input_gradient(d_pre, w_ih_in).view(s.shape(d.I)) : at::empty({0}, opts);
+  Tensor grad_x = need_grad_x ? input_gradient(kernels, d_pre, w_ih_in).view(s.shape(d.I))
+                               : at::empty({0}, opts);
   const auto out = [&](const Tensor& g) { return to_storage(g, x_in); };
   // grad_bias stays in the compute dtype (ops.cpp); autograd casts it to the bias's dtype.
   return {out(grad_x), out(grad_w_ih), out(grad_w_hh), grad_bias, out(grad_h)};

@@ -52,10 +52,10 @@ void backward_loop(const StepLayout& L, int64_t H, bool reverse, const scalar_t*
 }  // namespace
 
 template <typename scalar_t>
-void rnn_forward_loop(const StepLayout& L, int64_t H, bool reverse, bool relu,
-                      const scalar_t* w_hh, const scalar_t* h0, scalar_t* y) {
+void rnn_forward_loop(const fused::Kernels* kernels, const StepLayout& L, int64_t H, bool reverse,
+                      bool relu, const scalar_t* w_hh, const scalar_t* h0, scalar_t* y) {
   if constexpr (std::is_same_v<scalar_t, float>) {
-    if (const fused::Kernels* k = selected_fused_kernels()) {
+    if (const fused::Kernels* k = kernels) {
       const fused::Panels w =
           pack_weights(*k, fused::Slot::kRecurrent, fused::PackKind::kRows, w_hh, H, H);
       k->rnn_forward({&L, reverse, relu, H, &w, h0, y}, loop_threads(L.batch() * H * H));
@@ -70,11 +70,11 @@ void rnn_forward_loop(const StepLayout& L, int64_t H, bool reverse, bool relu,
 }
 
 template <typename scalar_t>
-void rnn_backward_loop(const StepLayout& L, int64_t H, bool reverse, bool relu,
-                       const scalar_t* w_hh, const scalar_t* y, const scalar_t* grad_y,
-                       scalar_t* grad_h, scalar_t* d_pre) {
+void rnn_backward_loop(const fused::Kernels* kernels, const StepLayout& L, int64_t H,
+                       bool reverse, bool relu, const scalar_t* w_hh, const scalar_t* y,
+                       const scalar_t* grad_y, scalar_t* grad_h, scalar_t* d_pre) {
   if constexpr (std::is_same_v<scalar_t, float>) {
-    if (const fused::Kernels* k = selected_fused_kernels()) {
+    if (const fused::Kernels* k = kernels) {
       const fused::Panels w =
           pack_weights(*k, fused::Slot::kRecurrent, fused::PackKind::kColumns, w_hh, H, H);
       k->rnn_backward({&L, reverse, relu, H, &w, y, grad_y, grad_h, d_pre},
@@ -89,13 +89,15 @@ void rnn_backward_loop(const StepLayout& L, int64_t H, bool reverse, bool relu,
   }
 }
 
-template void rnn_forward_loop<float>(const StepLayout&, int64_t, bool, bool, const float*,
-                                      const float*, float*);
-template void rnn_forward_loop<double>(const StepLayout&, int64_t, bool, bool, const double*,
-                                       const double*, double*);
-template void rnn_backward_loop<float>(const StepLayout&, int64_t, bool, bool, const float*,
-                                       const float*, const float*, float*, float*);
-template void rnn_backward_loop<double>(const StepLayout&, int64_t, bool, bool, const double*,
-                                        const double*, const double*, double*, double*);
+template void rnn_forward_loop<float>(const fused::Kernels*, const StepLayout&, int64_t, bool,
+                                      bool, const float*, const float*, float*);
+template void rnn_forward_loop<double>(const fused::Kernels*, const StepLayout&, int64_t, bool,
+                                       bool, const double*, const double*, double*);
+template void rnn_backward_loop<float>(const fused::Kernels*, const StepLayout&, int64_t, bool,
+                                       bool, const float*, const float*, const float*, float*,
+                                       float*);
+template void rnn_backward_loop<double>(const fused::Kernels*, const StepLayout&, int64_t, bool,
+                                        bool, const double*, const double*, const double*,
+                                        double*, double*);
 
 }  // namespace lstm_ext::cpu

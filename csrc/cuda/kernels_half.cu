@@ -1,4 +1,7 @@
-// The CUDA kernels for __half (one translation unit per dtype; see kernels_impl.cuh).
+// The CUDA kernels for __half (one translation unit per dtype; see kernels_impl.cuh
+// and gru_kernels_impl.cuh).
+#include "cuda/gru_kernels_impl.cuh"
 #include "cuda/kernels_impl.cuh"
 
 LSTM_EXT_INSTANTIATE_CUDA_KERNELS(__half)
+LSTM_EXT_INSTANTIATE_GRU_KERNELS(__half)

@@ -42,9 +42,11 @@ void check_cublas(cublasStatus_t status, const char* what) {
                  cublasGetStatusString(status));
 }
 
-// out = a b in float32 through cuBLAS, TF32 or strict as `p` says. Returns
-// false (nothing done) when a size exceeds cuBLAS's int range.
-bool sgemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, GemmPrecision p) {
+// out = a b (beta 0) or out += a b (beta 1) in float32 through cuBLAS, TF32
+// or strict as `p` says. Returns false (nothing done) when a size exceeds
+// cuBLAS's int range.
+bool sgemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, GemmPrecision p,
+           float beta) {
   const int64_t m = a.size(0), k = a.size(1), n = b.size(1);
   const Operand pa = as_operand(a), pb = as_operand(b);
   const int64_t ldc = std::max<int64_t>(out.stride(0), std::max<int64_t>(n, 1));
@@ -56,7 +58,7 @@ bool sgemm(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, GemmPrecis
   check_cublas(cublasGetMathMode(handle, &torch_mode), "cublasGetMathMode");
   check_cublas(cublasSetMathMode(handle, p.tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH),
                "cublasSetMathMode");
-  const float alpha = 1.f, beta = 0.f;
+  const float alpha = 1.f;
   // Column-major: out^T [n,m] = b^T [n,k] a^T [k,m].
   const cublasStatus_t status = cublasGemmEx(
       handle, pb.op, pa.op, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k), &alpha,
@@ -90,8 +92,18 @@ void mm_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, GemmPreci
     return;
   }
   const bool out_rows = out.stride(1) == 1 || n == 1;
-  if (a.scalar_type() == at::kFloat && out_rows && sgemm(out, a, b, p)) return;
+  if (a.scalar_type() == at::kFloat && out_rows && sgemm(out, a, b, p, 0.f)) return;
   at::mm_out(out, a, b);
+}
+
+void mm_add_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, GemmPrecision p) {
+  const int64_t m = a.size(0), k = a.size(1), n = b.size(1);
+  if (m == 0 || n == 0 || k == 0) return;  // adds nothing
+  const bool out_rows = out.stride(1) == 1 || n == 1;
+  if (a.scalar_type() == at::kFloat && out_rows && sgemm(out, a, b, p, 1.f)) return;
+  // Other dtypes (and float32 past cuBLAS's int range): ATen's GEMM with
+  // beta = 1, alpha = 1, in place.
+  out.addmm_(a, b);
 }
 
 at::Tensor mm(const at::Tensor& a, const at::Tensor& b, GemmPrecision p) {

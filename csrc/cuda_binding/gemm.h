@@ -33,6 +33,12 @@ GemmPrecision rnn_gemm_precision(at::ScalarType dtype);
 // a contiguous buffer is fine). No aliasing between out and a or b.
 void mm_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, GemmPrecision p);
 
+// out [m,n] += a [m,k] b [k,n] (cuBLAS beta = 1), same operand rules and
+// precision as mm_out: the GRU backward adds the recurrent part of the
+// gradient at h_{t-1} to the direct part its step kernel left in `out`, and
+// its input gradient sums two column blocks, each without a temporary.
+void mm_add_out(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, GemmPrecision p);
+
 // A fresh contiguous a b.
 at::Tensor mm(const at::Tensor& a, const at::Tensor& b, GemmPrecision p);
 

@@ -20,6 +20,7 @@ const Bf16Kernels* avx512bf16_kernels() {
 #if defined(LSTM_EXT_BUILD_BF16)
   using F = Fused<SimdAvx512>;
   static const Bf16Kernels k{SimdAvx512::V, &F::lstm_forward_of<Bf16, PairPanels>,
+                             &F::gru_forward_of<Bf16, PairPanels>,
                              &F::linear_of<Bf16, PairPanels>};
   return &k;
 #else

@@ -2,16 +2,17 @@
 // the register tile over k pairs with vdpbf16ps and the float32 -> bf16
 // store. Included only by kernels_avx512bf16.cpp, which instantiates
 // Fused<SimdAvx512>'s loops with E = Bf16: the loops, the threading, the
-// packed-sequence handling and the epilogues (the LSTM cell update in
-// float32) are the float kernels' own; only the product and the stores of
-// h / y differ.
+// packed-sequence handling and the epilogues (the LSTM and GRU cell updates
+// in float32) are the float kernels' own; only the product and the loads and
+// stores of h / y differ.
 //
 // Tile: acc[b][v] (float32) += sum over pairs k2 of
 //   in[b, 2k2] * panel[k2][v][:].lo + in[b, 2k2+1] * panel[k2][v][:].hi
 // with in [BT, K] bf16 rows (stride ld_in) and a PairPanels block panel
-// [K2][kVectors][16] words. The pair (in[b, 2k2], in[b, 2k2+1]) is one
-// 32-bit broadcast; an odd K's last pair is (in[b, K-1], 0), read as 16
-// bits, so nothing past a row's K elements is read.
+// [K2][NV][16] words (NV from the epilogue, as tile.h). The pair
+// (in[b, 2k2], in[b, 2k2+1]) is one 32-bit broadcast; an odd K's last pair is
+// (in[b, K-1], 0), read as 16 bits, so nothing past a row's K elements is
+// read.
 #pragma once
 
 #if !defined(__AVX512BF16__) || !defined(__AVX512F__) || !defined(__AVX512BW__) || \
@@ -33,7 +34,6 @@ namespace bf16_tile {
 
 using R = __m512;
 constexpr int V = 16;
-constexpr int64_t kStep = int64_t(kVectors) * V;  // words per k pair of a panel
 
 LSTM_EXT_INLINE __m512bh pair(const Bf16* p) {
   int32_t w;
@@ -45,17 +45,18 @@ LSTM_EXT_INLINE __m512bh weights(const uint32_t* p) {
   return (__m512bh)_mm512_loadu_si512(static_cast<const void*>(p));
 }
 
-template <int BT>
+template <int BT, int NV>
 LSTM_EXT_INLINE void product(const uint32_t* __restrict panel, int64_t K,
-                             const Bf16* __restrict in, int64_t ld_in, R (&acc)[BT][kVectors]) {
+                             const Bf16* __restrict in, int64_t ld_in, R (&acc)[BT][NV]) {
+  constexpr int64_t kStep = int64_t(NV) * V;  // words per k pair of a panel
   const int64_t full = K / 2;
   int64_t k2 = 0;
   if constexpr (BT <= 2) {
     // As tile.h: few rows leave too few independent chains to hide the
     // latency, so a second accumulator set takes the odd pairs.
-    R odd[BT][kVectors];
+    R odd[BT][NV];
     for (int b = 0; b < BT; ++b)
-      for (int v = 0; v < kVectors; ++v) odd[b][v] = _mm512_setzero_ps();
+      for (int v = 0; v < NV; ++v) odd[b][v] = _mm512_setzero_ps();
     for (; k2 + 1 < full; k2 += 2) {
       const uint32_t* w = panel + k2 * kStep;
 #pragma GCC unroll 2
@@ -63,26 +64,26 @@ LSTM_EXT_INLINE void product(const uint32_t* __restrict panel, int64_t K,
         const __m512bh h0 = pair(in + b * ld_in + 2 * k2);
         const __m512bh h1 = pair(in + b * ld_in + 2 * k2 + 2);
 #pragma GCC unroll 4
-        for (int v = 0; v < kVectors; ++v) {
+        for (int v = 0; v < NV; ++v) {
           acc[b][v] = _mm512_dpbf16_ps(acc[b][v], weights(w + v * V), h0);
           odd[b][v] = _mm512_dpbf16_ps(odd[b][v], weights(w + kStep + v * V), h1);
         }
       }
     }
     for (int b = 0; b < BT; ++b)
-      for (int v = 0; v < kVectors; ++v) acc[b][v] = _mm512_add_ps(acc[b][v], odd[b][v]);
+      for (int v = 0; v < NV; ++v) acc[b][v] = _mm512_add_ps(acc[b][v], odd[b][v]);
   }
 #pragma GCC unroll 2
   for (; k2 < full; ++k2) {
     const uint32_t* w = panel + k2 * kStep;
-    __m512bh wv[kVectors];
+    __m512bh wv[NV];
 #pragma GCC unroll 4
-    for (int v = 0; v < kVectors; ++v) wv[v] = weights(w + v * V);
+    for (int v = 0; v < NV; ++v) wv[v] = weights(w + v * V);
 #pragma GCC unroll 8
     for (int b = 0; b < BT; ++b) {
       const __m512bh h = pair(in + b * ld_in + 2 * k2);
 #pragma GCC unroll 4
-      for (int v = 0; v < kVectors; ++v) acc[b][v] = _mm512_dpbf16_ps(acc[b][v], wv[v], h);
+      for (int v = 0; v < NV; ++v) acc[b][v] = _mm512_dpbf16_ps(acc[b][v], wv[v], h);
     }
   }
   if (K & 1) {  // the last pair: (in[b, K-1], 0) against (w[K-1], 0)
@@ -91,7 +92,7 @@ LSTM_EXT_INLINE void product(const uint32_t* __restrict panel, int64_t K,
     for (int b = 0; b < BT; ++b) {
       const __m512bh h = single(in + b * ld_in + K - 1);
 #pragma GCC unroll 4
-      for (int v = 0; v < kVectors; ++v)
+      for (int v = 0; v < NV; ++v)
         acc[b][v] = _mm512_dpbf16_ps(acc[b][v], weights(w + v * V), h);
     }
   }
@@ -105,18 +106,18 @@ LSTM_EXT_INLINE void product(const uint32_t* __restrict panel, int64_t K,
 template <int BT, class Epilogue>
 LSTM_EXT_INLINE void run(const uint32_t* panel, int64_t K, const Bf16* in, int64_t ld_in,
                          const Epilogue& epi) {
-  R acc[BT][kVectors];
+  R acc[BT][Epilogue::NV];
 #pragma GCC unroll 8
   for (int b = 0; b < BT; ++b) {
     epi.prefetch(b);
 #pragma GCC unroll 4
-    for (int v = 0; v < kVectors; ++v) acc[b][v] = _mm512_setzero_ps();
+    for (int v = 0; v < Epilogue::NV; ++v) acc[b][v] = _mm512_setzero_ps();
   }
-  product<BT>(panel, K, in, ld_in, acc);
+  product(panel, K, in, ld_in, acc);
 #pragma GCC unroll 8
   for (int b = 0; b < BT; ++b) {
 #pragma GCC unroll 4
-    for (int v = 0; v < kVectors; ++v) acc[b][v] = _mm512_add_ps(epi.init(b, v), acc[b][v]);
+    for (int v = 0; v < Epilogue::NV; ++v) acc[b][v] = _mm512_add_ps(epi.init(b, v), acc[b][v]);
     epi.finish(b, acc[b]);
   }
 }
@@ -134,6 +135,13 @@ struct Elements<SimdAvx512, Bf16> {
     const __m256i h = (__m256i)_mm512_cvtneps_pbh(v);
     if (n >= bf16_tile::V) _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), h);
     else _mm256_mask_storeu_epi16(p, SimdAvx512::mask(n), h);
+  }
+  // Exact: a bfloat16 is the upper half of the float32 it stands for.
+  static LSTM_EXT_INLINE __m512 load_n(const Bf16* p, int n) {
+    const __m256i h = n >= bf16_tile::V
+                          ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))
+                          : _mm256_maskz_loadu_epi16(SimdAvx512::mask(n), p);
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
   }
 
   template <class Epilogue>

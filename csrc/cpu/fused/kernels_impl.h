@@ -23,6 +23,7 @@ template <class S>
 struct Elements<S, float> {
   using Weights = Panels;
   static LSTM_EXT_INLINE void store_n(float* p, typename S::Reg v, int n) { S::store_n(p, v, n); }
+  static LSTM_EXT_INLINE typename S::Reg load_n(const float* p, int n) { return S::load_n(p, n); }
   template <class Epilogue>
   static LSTM_EXT_INLINE void run_tile_rows(int rows, const Panels& w, int64_t block,
                                             const float* in, int64_t ld_in, const Epilogue& epi) {
@@ -47,6 +48,7 @@ struct Fused {
     const E* continuing_rows;
     const E* initial;
     int64_t continuing, ld;
+    const E* row(int64_t r) const { return (r < continuing ? continuing_rows : initial) + r * ld; }
   };
   using Previous = PreviousOf<float>;
   template <class E>
@@ -65,11 +67,9 @@ struct Fused {
                         const MakeEpilogue& epi_at) {
     const int64_t mid = std::clamp(prev.continuing, r0, r1);
     if (mid > r0)
-      Elements<S, E>::run_tile_rows(int(mid - r0), w, block, prev.continuing_rows + r0 * prev.ld,
-                                    prev.ld, epi_at(r0));
+      Elements<S, E>::run_tile_rows(int(mid - r0), w, block, prev.row(r0), prev.ld, epi_at(r0));
     if (r1 > mid)
-      Elements<S, E>::run_tile_rows(int(r1 - mid), w, block, prev.initial + mid * prev.ld,
-                                    prev.ld, epi_at(mid));
+      Elements<S, E>::run_tile_rows(int(r1 - mid), w, block, prev.row(mid), prev.ld, epi_at(mid));
   }
 
   // Each thread packs its share of the weights' blocks (into its own
@@ -89,6 +89,7 @@ struct Fused {
   // stored as E; everything else is float32.
   template <class E>
   struct LstmCellEpilogueOf {
+    static constexpr int NV = 4;  // i, f, g, o
     const float* pre;  // gates row 0 at unit j, stride G
     float* act;        // same place, or null when activations are not saved
     float* c;          // c_state row 0 at j, stride H
@@ -100,10 +101,10 @@ struct Fused {
     // The lines init and finish touch first in row b, for tiles that fetch
     // them ahead (kernels_bf16.h): pre-activations, h_t.
     LSTM_EXT_INLINE void prefetch(int b) const {
-      for (int g = 0; g < kVectors; ++g) __builtin_prefetch(pre + b * 4 * H + g * H);
+      for (int g = 0; g < NV; ++g) __builtin_prefetch(pre + b * 4 * H + g * H);
       __builtin_prefetch(h + b * ld_h, 1);
     }
-    LSTM_EXT_INLINE void finish(int b, const R (&a)[kVectors]) const {
+    LSTM_EXT_INLINE void finish(int b, const R (&a)[NV]) const {
       const R i = Act::sigmoid(a[0]), f = Act::sigmoid(a[1]);
       const R g = Act::tanh(a[2]), o = Act::sigmoid(a[3]);
       const R c_new = S::fma(f, S::load_n(c + b * H, n), S::mul(i, g));
@@ -127,6 +128,7 @@ struct Fused {
   enum class Apply { kNone, kTanh, kRelu };
   template <Apply A, class E = float>
   struct StoreEpilogue {
+    static constexpr int NV = kVectors;
     const float* init_row;  // row 0 at unit u0 (stride ld), or null for zeros
     const float* bias;      // at unit u0, or null (used when init_row is null)
     E* out;                 // row 0 at unit u0, stride ld
@@ -137,13 +139,13 @@ struct Fused {
       return bias ? S::load_n(bias + v * V, n) : S::zero();
     }
     LSTM_EXT_INLINE void prefetch(int b) const {  // as LstmCellEpilogueOf's
-      for (int v = 0; v < kVectors; ++v) {
+      for (int v = 0; v < NV; ++v) {
         if (init_row) __builtin_prefetch(init_row + b * ld + v * V);
         __builtin_prefetch(out + b * ld + v * V, 1);
       }
     }
-    LSTM_EXT_INLINE void finish(int b, const R (&a)[kVectors]) const {
-      for (int v = 0; v < kVectors; ++v) {
+    LSTM_EXT_INLINE void finish(int b, const R (&a)[NV]) const {
+      for (int v = 0; v < NV; ++v) {
         const int n = lanes(int64_t(v) * V, units_left);
         if (n <= 0) break;
         R x = a[v];
@@ -192,25 +194,27 @@ struct Fused {
         }
         if (a.w_hr) {
           barrier.wait();  // the projection reads every unit of h_raw
-          project(wr, tiles, mine_proj, rows, a.h_raw, H, y_t, P);
+          project(wr, tiles, mine_proj, rows, a.h_raw, H, y_t, P, nullptr);
         }
         barrier.wait();  // the next step reads every unit of h_t
       }
     });
   }
 
-  // out [rows,N] = in [rows,K] W^T for the owned (block, tile) items.
+  // out [rows,N] = in [rows,K] W^T (+ init [rows,N] when non-null) for the
+  // owned (block, tile) items.
   template <class E, class W>
   static void project(const W& w, const RowTiles& tiles, const Share& mine, int64_t rows,
-                      const E* in, int64_t ld_in, E* out, int64_t N) {
+                      const E* in, int64_t ld_in, E* out, int64_t N, const float* init) {
     for (int64_t item = mine.begin; item < mine.end; ++item) {
       const int64_t block = item / tiles.count, tile = item % tiles.count;
       const int64_t r0 = tiles.begin(tile), r1 = std::min(tiles.end(tile), rows);
       if (r0 >= r1) continue;
       const int64_t u0 = block * kBlockUnits;
-      Elements<S, E>::run_tile_rows(int(r1 - r0), w, block, in + r0 * ld_in, ld_in,
-                                    StoreEpilogue<Apply::kNone, E>{nullptr, nullptr,
-                                                                   out + r0 * N + u0, N, N - u0});
+      Elements<S, E>::run_tile_rows(
+          int(r1 - r0), w, block, in + r0 * ld_in, ld_in,
+          StoreEpilogue<Apply::kNone, E>{init ? init + r0 * N + u0 : nullptr, nullptr,
+                                         out + r0 * N + u0, N, N - u0});
     }
   }
 
@@ -255,19 +259,24 @@ struct Fused {
     }
   }
 
-  // The shared shape of both backward loops. Per visited step t:
+  // The shared shape of the backward loops (LSTM, RNN, GRU). Per visited
+  // step t:
   //   1. elementwise(t, rows, units) for the owned (unit block, row tile)
-  //      items: gradients of step t's pre-activations, d_pre_t [rows, K];
+  //      items: gradients of step t's pre-activations, d_pre_t [rows, K],
+  //      and, with `direct` (the GRU), the part of the gradient at h_{t-1}
+  //      that bypasses the product, direct [rows, units];
   //   2. barrier: step (3) reads every unit of d_pre_t;
-  //   3. grad_h[rows, units] = d_pre_t W for the same owned items.
+  //   3. grad_h[rows, units] = d_pre_t W (+ direct) for the same owned items.
   // Each thread owns the same (rows, units) in (1) and (3) at every step
   // (tiles are cut over the full batch and clipped to the step's rows), so
-  // the grad_h units a thread writes in (3) are read only by itself in the
-  // next step's (1): one barrier per step.
+  // the grad_h and direct units a thread writes are read only by itself:
+  // direct in this step's (3), grad_h in the next step's (1). Only d_pre_t
+  // crosses threads, and the next step writes other rows of it: one barrier
+  // per step.
   template <class Elementwise>
   static void backward_loop(const StepLayout& L, bool reverse, int64_t H, const Panels& wt,
-                            const float* d_pre, int64_t ld_pre, float* grad_h, int threads,
-                            const Elementwise& elementwise) {
+                            const float* d_pre, int64_t ld_pre, const float* direct, float* grad_h,
+                            int threads, const Elementwise& elementwise) {
     const RowTiles tiles(L.batch(), S::kMaxRows);
     const int64_t items = wt.blocks() * tiles.count;
     threads = int(std::min<int64_t>(threads, items));
@@ -284,7 +293,7 @@ struct Fused {
           elementwise(t, r0, r1, u0, std::min(u0 + kBlockUnits, H));
         }
         barrier.wait();
-        project(wt, tiles, mine, rows, d_pre + L.offset(t) * ld_pre, ld_pre, grad_h, H);
+        project(wt, tiles, mine, rows, d_pre + L.offset(t) * ld_pre, ld_pre, grad_h, H, direct);
       }
     });
   }
@@ -292,8 +301,8 @@ struct Fused {
   static void lstm_backward(const LstmBackwardArgs& a, int threads) {
     if (a.w_hr) return lstm_backward_projected(a, threads);
     // grad_h = grad_gates_t w_hh.
-    backward_loop(*a.layout, a.reverse, a.H, *a.w_hh, a.grad_gates, 4 * a.H, a.grad_h, threads,
-                  [&](int64_t t, int64_t r0, int64_t r1, int64_t u0, int64_t u1) {
+    backward_loop(*a.layout, a.reverse, a.H, *a.w_hh, a.grad_gates, 4 * a.H, nullptr, a.grad_h,
+                  threads, [&](int64_t t, int64_t r0, int64_t r1, int64_t u0, int64_t u1) {
                     lstm_cell_backward(a, t, r0, r1, u0, u1);
                   });
   }
@@ -333,7 +342,7 @@ struct Fused {
           }
         }
         barrier.wait();
-        project(*a.w_hr, tiles, mine_h, rows, grad_h_all_t, P, a.grad_h_raw, H);
+        project(*a.w_hr, tiles, mine_h, rows, grad_h_all_t, P, a.grad_h_raw, H, nullptr);
         for (int64_t item = mine_h.begin; item < mine_h.end; ++item) {
           const int64_t block = item / tiles.count, tile = item % tiles.count;
           const int64_t r0 = tiles.begin(tile), r1 = std::min(tiles.end(tile), rows);
@@ -342,7 +351,7 @@ struct Fused {
           lstm_cell_backward(a, t, r0, r1, u0, std::min(u0 + kBlockUnits, H));
         }
         barrier.wait();
-        project(*a.w_hh, tiles, mine_p, rows, a.grad_gates + off * G, G, a.grad_h, P);
+        project(*a.w_hh, tiles, mine_p, rows, a.grad_gates + off * G, G, a.grad_h, P, nullptr);
       }
     });
   }
@@ -388,7 +397,7 @@ struct Fused {
     const StepLayout& L = *a.layout;
     const int64_t H = a.H;
     const R one = S::set1(1.f);
-    backward_loop(L, a.reverse, H, *a.w_hh, a.d_pre, H, a.grad_h, threads,
+    backward_loop(L, a.reverse, H, *a.w_hh, a.d_pre, H, nullptr, a.grad_h, threads,
                   [&](int64_t t, int64_t r0, int64_t r1, int64_t u0, int64_t u1) {
                     const int64_t off = L.offset(t);
                     for (int64_t r = r0; r < r1; ++r) {
@@ -409,6 +418,140 @@ struct Fused {
                         S::store_n(d + u, d_h, n);
                       }
                     }
+                  });
+  }
+
+  // ----------------------------------------------------------------- GRU --
+
+  // Gate-interleaved tile of w_hh [3H,H]: acc[b] = the r, z, n parts of
+  // h_{t-1} W_hh^T for units [j, j+n) of row b, started from gi_r, gi_z (which
+  // hold b_hr, b_hz) and b_hn, so that acc_r, acc_z are r's and z's
+  // pre-activations and acc_n is hn. The cell update runs on the registers:
+  // h_t is stored as E, the saved gates float32.
+  template <class E>
+  struct GruCellEpilogueOf {
+    static constexpr int NV = 3;  // r, z, n
+    const float* gi;              // gi row 0 at unit j, stride 3H
+    const float* b_hn;            // at j, or null
+    const E* h_prev;              // h_{t-1} row 0 at j, stride H
+    E* h;                         // h_t row 0 at j, stride H
+    float* save;                  // gates row 0 at j (stride 4H), or null
+    int64_t H;
+    int n;
+    LSTM_EXT_INLINE R init(int b, int g) const {
+      if (g < 2) return S::load_n(gi + b * 3 * H + g * H, n);
+      return b_hn ? S::load_n(b_hn, n) : S::zero();
+    }
+    LSTM_EXT_INLINE void prefetch(int b) const {  // as LstmCellEpilogueOf's
+      for (int g = 0; g < NV; ++g) __builtin_prefetch(gi + b * 3 * H + g * H);
+      __builtin_prefetch(h_prev + b * H);
+      __builtin_prefetch(h + b * H, 1);
+    }
+    LSTM_EXT_INLINE void finish(int b, const R (&a)[NV]) const {
+      const R r = Act::sigmoid(a[0]), z = Act::sigmoid(a[1]), hn = a[2];
+      const R cand = Act::tanh(S::fma(r, hn, S::load_n(gi + b * 3 * H + 2 * H, n)));
+      // h_t = (1 - z) n + z h_{t-1}, in ATen's form n + z (h_{t-1} - n).
+      const R hp = Elements<S, E>::load_n(h_prev + b * H, n);
+      Elements<S, E>::store_n(h + b * H, S::fma(z, S::sub(hp, cand), cand), n);
+      if (save) {
+        float* row = save + b * 4 * H;
+        S::store_n(row, r, n);
+        S::store_n(row + H, z, n);
+        S::store_n(row + 2 * H, cand, n);
+        S::store_n(row + 3 * H, hn, n);
+      }
+    }
+  };
+
+  static void gru_forward(const GruForwardArgs& a, int threads) { gru_forward_of(a, threads); }
+
+  // As the LSTM's: per step, the owned (unit block, row tile) items of the
+  // gate-interleaved product, each finished by the cell update, then one
+  // barrier (the next step reads every unit of h_t). A tile's rows read
+  // h_{t-1} from one place (rows_tile splits where it changes), and the
+  // epilogue reads the same rows for z h_{t-1}.
+  template <class E, class W>
+  static void gru_forward_of(const GruForwardArgsOf<E, W>& a, int threads) {
+    const StepLayout& L = *a.layout;
+    const int64_t H = a.H, G = 3 * H;
+    const W& w = *a.w_hh;
+    const RowTiles tiles(L.batch(), S::kMaxRows);
+    const int64_t items = w.blocks() * tiles.count;
+    threads = int(std::min<int64_t>(threads, items));
+    run_team(threads, [&](int rank, int team, StepBarrier& barrier) {
+      pack_in_team(rank, team, barrier, &w);
+      const Share mine(items, rank, team);
+      for (int64_t s = 0; s < L.steps(); ++s) {
+        const int64_t t = L.time_at(s, a.reverse), rows = L.rows(t), off = L.offset(t);
+        const auto prev = previous(L, t, a.reverse, a.y, a.h0, H);
+        const float* gi_t = a.gi + off * G;
+        float* gates_t = a.gates ? a.gates + off * 4 * H : nullptr;
+        E* y_t = a.y + off * H;
+        for (int64_t item = mine.begin; item < mine.end; ++item) {
+          const int64_t block = item / tiles.count, tile = item % tiles.count;
+          const int64_t r0 = tiles.begin(tile), r1 = std::min(tiles.end(tile), rows);
+          if (r0 >= r1) continue;
+          const int64_t j = block * V;
+          const int n = lanes(j, H);
+          rows_tile(r0, r1, prev, w, block, [&](int64_t r) {
+            return GruCellEpilogueOf<E>{gi_t + r * G + j,
+                                        a.b_hn ? a.b_hn + j : nullptr,
+                                        prev.row(r) + j,
+                                        y_t + r * H + j,
+                                        gates_t ? gates_t + r * 4 * H + j : nullptr,
+                                        H, n};
+          });
+        }
+        barrier.wait();
+      }
+    });
+  }
+
+  // Gate gradients of rows [r0, r1) of step t, units [u0, u1) (layout in
+  // gru_sequence.h): reads the saved r, z, n, hn, h_{t-1} (where it lives:
+  // the previous visited step's rows of y, or h0) and the gradient at h_t
+  // (grad_h + grad_y); writes grad_gates_t and grad_direct = dh z, the
+  // gradient at h_{t-1} through z h_{t-1}.
+  static void gru_cell_backward(const GruBackwardArgs& a, int64_t t, int64_t r0, int64_t r1,
+                                int64_t u0, int64_t u1) {
+    const StepLayout& L = *a.layout;
+    const int64_t H = a.H, G = 4 * H, off = L.offset(t);
+    const int64_t p = L.previous(t, a.reverse), continuing = L.rows_continuing(t, a.reverse);
+    const R one = S::set1(1.f);
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* gate = a.gates + (off + r) * G;
+      const float* h_prev = r < continuing ? a.y + (L.offset(p) + r) * H : a.h0 + r * H;
+      const float* gy = a.grad_y ? a.grad_y + (off + r) * H : nullptr;
+      const float* gh = a.grad_h + r * H;
+      float* dg = a.grad_gates + (off + r) * G;
+      float* direct = a.grad_direct + r * H;
+      for (int64_t u = u0; u < u1; u += V) {
+        const int n = lanes(u, u1);
+        const R rg = S::load_n(gate + u, n), z = S::load_n(gate + H + u, n);
+        const R cand = S::load_n(gate + 2 * H + u, n), hn = S::load_n(gate + 3 * H + u, n);
+        R dh = S::load_n(gh + u, n);
+        if (gy) dh = S::add(dh, S::load_n(gy + u, n));
+        const R d_n = S::mul(S::mul(dh, S::sub(one, z)), S::sub(one, S::mul(cand, cand)));
+        const R d_z = S::mul(S::mul(dh, S::sub(S::load_n(h_prev + u, n), cand)),
+                             S::mul(z, S::sub(one, z)));
+        const R d_hn = S::mul(d_n, rg);
+        const R d_r = S::mul(S::mul(d_n, hn), S::mul(rg, S::sub(one, rg)));
+        S::store_n(dg + u, d_r, n);
+        S::store_n(dg + H + u, d_z, n);
+        S::store_n(dg + 2 * H + u, d_hn, n);
+        S::store_n(dg + 3 * H + u, d_n, n);
+        S::store_n(direct + u, S::mul(dh, z), n);
+      }
+    }
+  }
+
+  // grad_h = grad_direct + grad_gates_t[:, 0:3H) W_hh: backward_loop with the
+  // direct term as the product's initial value.
+  static void gru_backward(const GruBackwardArgs& a, int threads) {
+    backward_loop(*a.layout, a.reverse, a.H, *a.w_hh, a.grad_gates, 4 * a.H, a.grad_direct,
+                  a.grad_h, threads,
+                  [&](int64_t t, int64_t r0, int64_t r1, int64_t u0, int64_t u1) {
+                    gru_cell_backward(a, t, r0, r1, u0, u1);
                   });
   }
 
@@ -445,7 +588,7 @@ struct Fused {
 
   static const Kernels* table() {
     static const Kernels k{V, &lstm_forward, &lstm_backward, &rnn_forward, &rnn_backward,
-                           &linear};
+                           &gru_forward, &gru_backward, &linear};
     return &k;
   }
 };

@@ -1,16 +1,18 @@
 // Weights packed for the register tile (tile.h), once per op call, by the
 // threads of the loop that uses them (each packs the blocks it will read).
 //
-// A product out[b, n] = sum_k in[b, k] * W(n, k) is cut into blocks of
-// kVectors vectors of V output units. Block j's panel is [K][kVectors][V],
-// contiguous and k-major, so one k step of the tile reads kVectors aligned
-// vectors; lanes past the last unit are zero. Which source element feeds
-// which (vector, lane) is the PackKind:
-//   kGates   w [4H,K], the LSTM forward's w_hh: block j = units [jV, jV+V),
-//            vector g = gate g, so a tile holds i, f, g, o of the same units
-//            and the cell update runs on the registers;
-//   kRows    w [N,K] (out = in w^T: w_ih, the RNN's w_hh, w_hr): block j =
-//            units [4jV, 4jV+4V), vector v = units [4jV+vV, +V);
+// A product out[b, n] = sum_k in[b, k] * W(n, k) is cut into blocks of NV
+// vectors of V output units. Block j's panel is [K][NV][V], contiguous and
+// k-major, so one k step of the tile reads NV aligned vectors; lanes past the
+// last unit are zero. Which source element feeds which (vector, lane) is the
+// PackKind:
+//   kGates   w [G*H,K] of G gates (the LSTM's w_hh, G = 4; the GRU's, G = 3):
+//            NV = G, block j = units [jV, jV+V), vector g = gate g, so a
+//            tile holds every gate of the same units and the cell update
+//            runs on the registers;
+//   kRows    w [N,K] (out = in w^T: w_ih, the RNN's w_hh, w_hr): NV =
+//            kVectors, block j = units [4jV, 4jV+4V), vector v = units
+//            [4jV+vV, +V);
 //   kColumns w [K,N] (out = in w: the backward's product with w_hh), blocked
 //            like kRows.
 // Torch-free; packs into memory the caller owns.
@@ -27,22 +29,32 @@
 
 namespace lstm_ext::cpu::fused {
 
-constexpr int kVectors = 4;  // vectors per k step of a panel (= LSTM gates)
+// Vectors per k step of a kRows / kColumns panel, and the most of any panel
+// (the LSTM's 4 gates): 4 weight vectors and 4 x kMaxRows accumulators fill
+// the register file (simd.h).
+constexpr int kVectors = 4;
 
 enum class PackKind { kGates, kRows, kColumns };
 
+// Vectors per k step (NV) of a panel of `kind`; `gates` counts kGates'.
+constexpr int panel_vectors(PackKind kind, int gates) {
+  return kind == PackKind::kGates ? gates : kVectors;
+}
+
 // rows[e] = the source row of w [.,K] (row-major, element type T) that feeds
 // element e = v * V + l (vector v, lane l) of block j's panel, or null for a
-// lane past the last of the N units; kGates or kRows only (see above).
+// lane past the last of the N units; kGates (of `gates` gates) or kRows only
+// (see above).
 template <class T>
-void block_source_rows(PackKind kind, const T* w, int64_t N, int64_t K, int V, int64_t j,
-                       const T** rows) {
-  const bool gates = kind == PackKind::kGates;
-  const int64_t per_block = gates ? V : int64_t(kVectors) * V;
-  for (int v = 0; v < kVectors; ++v) {
+void block_source_rows(PackKind kind, int gates, const T* w, int64_t N, int64_t K, int V,
+                       int64_t j, const T** rows) {
+  const bool gated = kind == PackKind::kGates;
+  const int vectors = panel_vectors(kind, gates);
+  const int64_t per_block = gated ? V : int64_t(vectors) * V;
+  for (int v = 0; v < vectors; ++v) {
     for (int l = 0; l < V; ++l) {
-      const int64_t unit = j * per_block + (gates ? l : int64_t(v) * V + l);
-      const int64_t n = gates ? v * N + unit : unit;
+      const int64_t unit = j * per_block + (gated ? l : int64_t(v) * V + l);
+      const int64_t n = gated ? v * N + unit : unit;
       rows[v * V + l] = unit < N ? w + n * K : nullptr;
     }
   }
@@ -51,21 +63,24 @@ void block_source_rows(PackKind kind, const T* w, int64_t N, int64_t K, int V, i
 class Panels {
  public:
   // Output units N and reduction length K of the product: kGates has N = H
-  // (w is [4H,K]), kRows N = rows of w, kColumns N = columns of w.
+  // (w is [gates*H,K]), kRows N = rows of w, kColumns N = columns of w.
+  // `gates` (at most kVectors) matters for kGates only.
   static int64_t blocks(PackKind kind, int64_t N, int V) {
     const int64_t per_block = kind == PackKind::kGates ? V : int64_t(kVectors) * V;
     return (N + per_block - 1) / per_block;
   }
-  static size_t floats(PackKind kind, int64_t N, int64_t K, int V) {
-    return size_t(blocks(kind, N, V) * K * kVectors * V);
+  static size_t floats(PackKind kind, int64_t N, int64_t K, int V, int gates = kVectors) {
+    return size_t(blocks(kind, N, V) * K * panel_vectors(kind, gates) * V);
   }
 
   Panels() = default;
-  // Lays out the panels of w in memory (floats(kind, N, K, V) floats, 64-byte
-  // aligned); pack() fills them, so the threads that will read a block can
-  // pack it into their own caches.
-  Panels(PackKind kind, const float* w, int64_t N, int64_t K, int V, float* memory)
-      : data_(memory), source_(w), kind_(kind), blocks_(blocks(kind, N, V)), N_(N), K_(K), V_(V) {}
+  // Lays out the panels of w in memory (floats(kind, N, K, V, gates) floats,
+  // 64-byte aligned); pack() fills them, so the threads that will read a
+  // block can pack it into their own caches.
+  Panels(PackKind kind, const float* w, int64_t N, int64_t K, int V, float* memory,
+         int gates = kVectors)
+      : data_(memory), source_(w), kind_(kind), gates_(gates), blocks_(blocks(kind, N, V)), N_(N),
+        K_(K), V_(V), step_(int64_t(panel_vectors(kind, gates)) * V) {}
 
   // Packs blocks [j0, j1). Different threads may pack disjoint ranges.
   void pack(int64_t j0, int64_t j1) const {
@@ -73,10 +88,10 @@ class Panels {
       pack_columns(j0, j1);
       return;
     }
-    const float* rows[kVectors * 64];  // kVectors * V rows, V <= 64
+    const float* rows[kVectors * 64];  // NV * V rows, NV <= kVectors, V <= 64
     for (int64_t j = j0; j < j1; ++j) {
-      block_source_rows(kind_, source_, N_, K_, V_, j, rows);
-      transpose_rows(rows, data_ + j * K_ * kVectors * V_);
+      block_source_rows(kind_, gates_, source_, N_, K_, V_, j, rows);
+      transpose_rows(rows, data_ + j * K_ * step_);
     }
   }
 
@@ -87,15 +102,15 @@ class Panels {
 
   int64_t blocks() const { return blocks_; }
   int64_t K() const { return K_; }
-  const float* panel(int64_t block) const { return data_ + block * K_ * kVectors * V_; }
+  const float* panel(int64_t block) const { return data_ + block * K_ * step_; }
 
  private:
-  // dst [K][E] = rows[e][k] for E = kVectors * V source rows (null: zeros).
+  // dst [K][E] = rows[e][k] for E = NV * V source rows (null: zeros).
   // Chunks of 16 k keep the chunk's source lines and its 16 destination rows
   // in L1; within a chunk, 4 x 4 blocks are transposed in registers.
   void transpose_rows(const float* const* rows, float* dst) const {
     constexpr int64_t kChunk = 16;
-    const int64_t E = int64_t(kVectors) * V_;  // a multiple of 4
+    const int64_t E = step_;  // a multiple of 4
     for (int64_t k0 = 0; k0 < K_; k0 += kChunk) {
       const int64_t k1 = std::min(K_, k0 + kChunk);
       for (int64_t e = 0; e < E; e += 4) {
@@ -136,8 +151,10 @@ class Panels {
   float* data_ = nullptr;
   const float* source_ = nullptr;
   PackKind kind_ = PackKind::kRows;
+  int gates_ = kVectors;
   int64_t blocks_ = 0, N_ = 0, K_ = 0;
   int V_ = 0;
+  int64_t step_ = 0;  // floats per k step of a panel: NV * V
 };
 
 }  // namespace lstm_ext::cpu::fused

@@ -1,12 +1,12 @@
 // bfloat16 weights packed as k-pair panels for the AVX512-BF16 register tile
-// (tile_bf16.h): the bf16 counterpart of packing.h's Panels.
+// (kernels_bf16.h): the bf16 counterpart of packing.h's Panels.
 //
 // vdpbf16ps multiplies the two bf16 halves of each 32-bit lane of its two
 // operands and adds both products to the float32 lane of the accumulator.
 // So a panel stores, per output lane, the weights of two consecutive k in one
 // 32-bit word (the lower k in the low half), and the tile broadcasts the pair
 // (in[b, k], in[b, k+1]) to every lane. Block j's panel is
-//   [K2][kVectors][V] words = [K2][kVectors][V][2] bf16,  K2 = ceil(K/2),
+//   [K2][NV][V] words = [K2][NV][V][2] bf16,  K2 = ceil(K/2),
 // with the same (vector, lane) -> output unit map as Panels for the same
 // PackKind (kGates or kRows; kColumns is not needed by the bf16 forward).
 // An odd K's last pair and lanes past the last unit hold zeros.
@@ -37,24 +37,24 @@ class PairPanels {
  public:
   static int64_t pairs(int64_t K) { return (K + 1) / 2; }
   // 32-bit words of the packed weights (one float-sized unit each).
-  static size_t words(PackKind kind, int64_t N, int64_t K, int V) {
-    return size_t(Panels::blocks(kind, N, V) * pairs(K) * kVectors * V);
+  static size_t words(PackKind kind, int64_t N, int64_t K, int V, int gates = kVectors) {
+    return size_t(Panels::blocks(kind, N, V) * pairs(K) * panel_vectors(kind, gates) * V);
   }
 
   PairPanels() = default;
-  // w: kGates [4N,K] or kRows [N,K], row-major bf16. memory: words(kind, N,
-  // K, V) words, 64-byte aligned.
-  PairPanels(PackKind kind, const Bf16* w, int64_t N, int64_t K, int V, uint32_t* memory)
-      : data_(memory), source_(w), kind_(kind), blocks_(Panels::blocks(kind, N, V)), N_(N), K_(K),
-        V_(V) {}
+  // w: kGates [gates*N,K] or kRows [N,K], row-major bf16. memory: words(kind,
+  // N, K, V, gates) words, 64-byte aligned.
+  PairPanels(PackKind kind, const Bf16* w, int64_t N, int64_t K, int V, uint32_t* memory,
+             int gates = kVectors)
+      : data_(memory), source_(w), kind_(kind), gates_(gates), blocks_(Panels::blocks(kind, N, V)),
+        N_(N), K_(K), V_(V), step_(int64_t(panel_vectors(kind, gates)) * V) {}
 
   // Packs blocks [j0, j1), as Panels::pack.
   void pack(int64_t j0, int64_t j1) const {
-    const int64_t E = int64_t(kVectors) * V_;
-    const Bf16* rows[kVectors * 64];  // E = kVectors * V rows, V <= 64
+    const Bf16* rows[kVectors * 64];  // NV * V rows, NV <= kVectors, V <= 64
     for (int64_t j = j0; j < j1; ++j) {
-      block_source_rows(kind_, source_, N_, K_, V_, j, rows);
-      transpose_pairs(rows, E, data_ + j * pairs(K_) * E);
+      block_source_rows(kind_, gates_, source_, N_, K_, V_, j, rows);
+      transpose_pairs(rows, step_, data_ + j * pairs(K_) * step_);
     }
   }
 
@@ -64,7 +64,7 @@ class PairPanels {
 
   int64_t blocks() const { return blocks_; }
   int64_t K() const { return K_; }  // in bf16 elements (not pairs)
-  const uint32_t* panel(int64_t block) const { return data_ + block * pairs(K_) * kVectors * V_; }
+  const uint32_t* panel(int64_t block) const { return data_ + block * pairs(K_) * step_; }
 
  private:
   // dst [K2][E] words = the k pairs of rows[e] (null: zeros), as Panels'
@@ -109,8 +109,10 @@ class PairPanels {
   uint32_t* data_ = nullptr;
   const Bf16* source_ = nullptr;
   PackKind kind_ = PackKind::kRows;
+  int gates_ = kVectors;
   int64_t blocks_ = 0, N_ = 0, K_ = 0;
   int V_ = 0;
+  int64_t step_ = 0;  // words per k pair of a panel: NV * V
 };
 
 }  // namespace lstm_ext::cpu::fused

@@ -11,8 +11,8 @@
 //
 // The transcendentals are our own rather than Sleef's through at::vec: the
 // cell update runs on every tile in the time loop, and Sleef's u10 exp/tanh
-// plus a true division cost about 1.5x these (benchmarks/prototype/
-// FINDINGS.md). Accuracy, measured against double: exp rel 1.2e-7, sigmoid
+// plus a true division cost about 1.5x these (benchmarks/NOTES.md).
+// Accuracy, measured against double: exp rel 1.2e-7, sigmoid
 // abs 9e-8, tanh abs 3.1e-7; a sequence's h_t stays within 1e-6 of double.
 #pragma once
 

@@ -34,17 +34,17 @@ float* workspace(Slot slot, size_t floats) {
 }
 
 Panels pack_weights(const Kernels& k, Slot slot, PackKind kind, const float* w, int64_t N,
-                    int64_t K) {
+                    int64_t K, int gates) {
   const int V = k.vector_width;
-  return Panels(kind, w, N, K, V, workspace(slot, Panels::floats(kind, N, K, V)));
+  return Panels(kind, w, N, K, V, workspace(slot, Panels::floats(kind, N, K, V, gates)), gates);
 }
 
 PairPanels pack_weights(const Bf16Kernels& k, Slot slot, PackKind kind, const Bf16* w, int64_t N,
-                        int64_t K) {
+                        int64_t K, int gates) {
   const int V = k.vector_width;
   // A word is float-sized; the buffer is only ever used as words.
-  float* memory = workspace(slot, PairPanels::words(kind, N, K, V));
-  return PairPanels(kind, w, N, K, V, reinterpret_cast<uint32_t*>(memory));
+  float* memory = workspace(slot, PairPanels::words(kind, N, K, V, gates));
+  return PairPanels(kind, w, N, K, V, reinterpret_cast<uint32_t*>(memory), gates);
 }
 
 }  // namespace lstm_ext::cpu::fused

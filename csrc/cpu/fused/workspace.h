@@ -24,12 +24,13 @@ constexpr int kSlots = 3;
 // the same slot on the same thread. Contents are unspecified.
 float* workspace(Slot slot, size_t floats);
 
-// w packed (packing.h) for kernels k, into this thread's `slot`.
+// w packed (packing.h) for kernels k, into this thread's `slot`; `gates`
+// counts kGates' gates (4 for the LSTM, 3 for the GRU).
 Panels pack_weights(const Kernels& k, Slot slot, PackKind kind, const float* w, int64_t N,
-                    int64_t K);
+                    int64_t K, int gates = kVectors);
 
 // bf16 w packed as k pairs (packing_bf16.h) for the bf16 kernels k.
 PairPanels pack_weights(const Bf16Kernels& k, Slot slot, PackKind kind, const Bf16* w, int64_t N,
-                        int64_t K);
+                        int64_t K, int gates = kVectors);
 
 }  // namespace lstm_ext::cpu::fused
