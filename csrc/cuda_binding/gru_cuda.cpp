@@ -113,6 +113,7 @@ Grads6 gru_backward_cuda(const OptTensor& grad_y_in, const OptTensor& grad_h_n,
   const GemmPrecision prec = rnn_gemm_precision(x.scalar_type());
 
   Tensor grad_gates = at::empty({N, G4}, opts);
+  const Tensor d_gh = grad_gates.narrow(1, 0, G3);  // [dr, dz, d(hn)]: the recurrence's operand
   Tensor grad_h = state_buffer(grad_h_n, {B, H}, opts);  // ends as grad_h0
   const cudaStream_t stream = current_stream();
 
@@ -136,14 +137,13 @@ Grads6 gru_backward_cuda(const OptTensor& grad_y_in, const OptTensor& grad_h_n,
       C10_CUDA_KERNEL_LAUNCH_CHECK();
       // grad_h rows now hold dh z; add [dr, dz, d(hn)] W_hh (beta = 1).
       Tensor grad_h_rows = row_block(grad_h, 0, rows);
-      mm_add_out(grad_h_rows, step_rows(grad_gates, L, t).narrow(1, 0, G3), w_hh, prec);
+      mm_add_out(grad_h_rows, step_rows(d_gh, L, t), w_hh, prec);
     }
   });
 
   // The weight gradients: over all N rows at once, each a GEMM on column
   // blocks of grad_gates (strided views, no copies).
   const Tensor x2d = x.view({N, d.I});
-  const Tensor d_gh = grad_gates.narrow(1, 0, G3);      // [dr, dz, d(hn)]
   const Tensor d_gi_rz = grad_gates.narrow(1, 0, 2 * H);  // [dr, dz]
   const Tensor d_gi_n = grad_gates.narrow(1, G3, H);      // dn
   const Tensor h_prev = previous_states(y2d, h0, L, reverse, d.seq.packed);

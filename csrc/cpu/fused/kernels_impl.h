@@ -358,11 +358,15 @@ struct Fused {
 
   // ----------------------------------------------------------------- RNN --
 
-  template <Apply A>
-  static void rnn_forward_impl(const RnnForwardArgs& a, int threads) {
-    const StepLayout& L = *a.layout;
-    const int64_t H = a.H;
-    const Panels& w = *a.w_hh;
+  // The shared shape of the single-product forward loops (RNN, GRU): per
+  // visited step t, item = step(t) (what the step reads and writes, worked
+  // out once per step), then item(block, r0, r1) for each owned (unit block,
+  // row tile) item with live rows, then one barrier: the next step reads
+  // every unit of h_t. (The LSTM's loop adds the projection between
+  // barriers, so it keeps its own.)
+  template <class W, class Step>
+  static void forward_loop(const StepLayout& L, bool reverse, const W& w, int threads,
+                           const Step& step) {
     const RowTiles tiles(L.batch(), S::kMaxRows);
     const int64_t items = w.blocks() * tiles.count;
     threads = int(std::min<int64_t>(threads, items));
@@ -370,21 +374,33 @@ struct Fused {
       pack_in_team(rank, team, barrier, &w);
       const Share mine(items, rank, team);
       for (int64_t s = 0; s < L.steps(); ++s) {
-        const int64_t t = L.time_at(s, a.reverse), rows = L.rows(t);
-        const Previous prev = previous(L, t, a.reverse, a.y, a.h0, H);
-        float* y_t = a.y + L.offset(t) * H;
-        for (int64_t item = mine.begin; item < mine.end; ++item) {
-          const int64_t block = item / tiles.count, tile = item % tiles.count;
+        const int64_t t = L.time_at(s, reverse), rows = L.rows(t);
+        const auto item = step(t);
+        for (int64_t i = mine.begin; i < mine.end; ++i) {
+          const int64_t block = i / tiles.count, tile = i % tiles.count;
           const int64_t r0 = tiles.begin(tile), r1 = std::min(tiles.end(tile), rows);
-          if (r0 >= r1) continue;
-          const int64_t u0 = block * kBlockUnits;
-          rows_tile(r0, r1, prev, w, block, [&](int64_t r) {
-            float* row = y_t + r * H + u0;
-            return StoreEpilogue<A>{row, nullptr, row, H, H - u0};
-          });
+          if (r0 < r1) item(block, r0, r1);
         }
         barrier.wait();
       }
+    });
+  }
+
+  template <Apply A>
+  static void rnn_forward_impl(const RnnForwardArgs& a, int threads) {
+    const StepLayout& L = *a.layout;
+    const int64_t H = a.H;
+    const Panels& w = *a.w_hh;
+    forward_loop(L, a.reverse, w, threads, [&](int64_t t) {
+      const Previous prev = previous(L, t, a.reverse, a.y, a.h0, H);
+      float* y_t = a.y + L.offset(t) * H;
+      return [&w, prev, y_t, H](int64_t block, int64_t r0, int64_t r1) {
+        const int64_t u0 = block * kBlockUnits;
+        rows_tile(r0, r1, prev, w, block, [&](int64_t r) {
+          float* row = y_t + r * H + u0;
+          return StoreEpilogue<A>{row, nullptr, row, H, H - u0};
+        });
+      };
     });
   }
 
@@ -465,45 +481,32 @@ struct Fused {
 
   static void gru_forward(const GruForwardArgs& a, int threads) { gru_forward_of(a, threads); }
 
-  // As the LSTM's: per step, the owned (unit block, row tile) items of the
-  // gate-interleaved product, each finished by the cell update, then one
-  // barrier (the next step reads every unit of h_t). A tile's rows read
-  // h_{t-1} from one place (rows_tile splits where it changes), and the
-  // epilogue reads the same rows for z h_{t-1}.
+  // forward_loop over the gate-interleaved product, each tile finished by the
+  // cell update. A tile's rows read h_{t-1} from one place (rows_tile splits
+  // where it changes), and the epilogue reads the same rows for z h_{t-1}.
   template <class E, class W>
   static void gru_forward_of(const GruForwardArgsOf<E, W>& a, int threads) {
     const StepLayout& L = *a.layout;
     const int64_t H = a.H, G = 3 * H;
     const W& w = *a.w_hh;
-    const RowTiles tiles(L.batch(), S::kMaxRows);
-    const int64_t items = w.blocks() * tiles.count;
-    threads = int(std::min<int64_t>(threads, items));
-    run_team(threads, [&](int rank, int team, StepBarrier& barrier) {
-      pack_in_team(rank, team, barrier, &w);
-      const Share mine(items, rank, team);
-      for (int64_t s = 0; s < L.steps(); ++s) {
-        const int64_t t = L.time_at(s, a.reverse), rows = L.rows(t), off = L.offset(t);
-        const auto prev = previous(L, t, a.reverse, a.y, a.h0, H);
-        const float* gi_t = a.gi + off * G;
-        float* gates_t = a.gates ? a.gates + off * 4 * H : nullptr;
-        E* y_t = a.y + off * H;
-        for (int64_t item = mine.begin; item < mine.end; ++item) {
-          const int64_t block = item / tiles.count, tile = item % tiles.count;
-          const int64_t r0 = tiles.begin(tile), r1 = std::min(tiles.end(tile), rows);
-          if (r0 >= r1) continue;
-          const int64_t j = block * V;
-          const int n = lanes(j, H);
-          rows_tile(r0, r1, prev, w, block, [&](int64_t r) {
-            return GruCellEpilogueOf<E>{gi_t + r * G + j,
-                                        a.b_hn ? a.b_hn + j : nullptr,
-                                        prev.row(r) + j,
-                                        y_t + r * H + j,
-                                        gates_t ? gates_t + r * 4 * H + j : nullptr,
-                                        H, n};
-          });
-        }
-        barrier.wait();
-      }
+    forward_loop(L, a.reverse, w, threads, [&](int64_t t) {
+      const int64_t off = L.offset(t);
+      const auto prev = previous(L, t, a.reverse, a.y, a.h0, H);
+      const float* gi_t = a.gi + off * G;
+      float* gates_t = a.gates ? a.gates + off * 4 * H : nullptr;
+      E* y_t = a.y + off * H;
+      return [&a, &w, prev, gi_t, gates_t, y_t, H, G](int64_t block, int64_t r0, int64_t r1) {
+        const int64_t j = block * V;
+        const int n = lanes(j, H);
+        rows_tile(r0, r1, prev, w, block, [&](int64_t r) {
+          return GruCellEpilogueOf<E>{gi_t + r * G + j,
+                                      a.b_hn ? a.b_hn + j : nullptr,
+                                      prev.row(r) + j,
+                                      y_t + r * H + j,
+                                      gates_t ? gates_t + r * 4 * H + j : nullptr,
+                                      H, n};
+        });
+      };
     });
   }
 
