@@ -14,7 +14,7 @@
 #   make cmake       configure and build the C++ library with CMake (build/cmake)
 #   make sanitize    build with ASan+UBSan out of tree (build/sanitize) and run a
 #                    test subset under them (scripts/sanitize_check.sh; own
-#                    pytest args: make sanitize SANITIZE_ARGS="tests/test_ops.py")
+#                    pytest args: make sanitize SANITIZE_ARGS="tests/test_cell_ops.py")
 #   make clean       remove build outputs
 #
 # Variables: PYTHON (default python3), MAX_JOBS, BENCH_ARGS, SANITIZE (0: make test

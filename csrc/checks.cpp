@@ -110,12 +110,15 @@ StepLayout make_step_layout(const SequenceDims& seq, const std::optional<at::Ten
   return StepLayout(bs.data_ptr<int64_t>(), seq.T);
 }
 
-LstmDims check_lstm_forward_args(const at::Tensor& x, const at::Tensor& w_ih,
-                                 const at::Tensor& w_hh, const std::optional<at::Tensor>& bias,
-                                 const at::Tensor& h0, const at::Tensor& c0,
-                                 const std::optional<at::Tensor>& batch_sizes,
-                                 const std::optional<at::Tensor>& w_hr) {
-  constexpr const char* op = "lstm_forward";
+namespace {
+
+// The checks of the inputs both LSTM ops take, with `op` naming the one
+// called, so a bad x given to lstm_backward says lstm_backward.
+LstmDims check_lstm_inputs(const char* op, const at::Tensor& x, const at::Tensor& w_ih,
+                           const at::Tensor& w_hh, const std::optional<at::Tensor>& bias,
+                           const at::Tensor& h0, const at::Tensor& c0,
+                           const std::optional<at::Tensor>& batch_sizes,
+                           const std::optional<at::Tensor>& w_hr) {
   const SequenceDims seq = check::sequence(x, batch_sizes, op);
   check::floating(x, op);
   const int64_t I = x.size(-1);
@@ -151,6 +154,16 @@ LstmDims check_lstm_forward_args(const at::Tensor& x, const at::Tensor& w_ih,
   return {seq, I, H, P, projected};
 }
 
+}  // namespace
+
+LstmDims check_lstm_forward_args(const at::Tensor& x, const at::Tensor& w_ih,
+                                 const at::Tensor& w_hh, const std::optional<at::Tensor>& bias,
+                                 const at::Tensor& h0, const at::Tensor& c0,
+                                 const std::optional<at::Tensor>& batch_sizes,
+                                 const std::optional<at::Tensor>& w_hr) {
+  return check_lstm_inputs("lstm_forward", x, w_ih, w_hh, bias, h0, c0, batch_sizes, w_hr);
+}
+
 LstmDims check_lstm_backward_args(
     const std::optional<at::Tensor>& grad_y, const std::optional<at::Tensor>& grad_h_n,
     const std::optional<at::Tensor>& grad_c_n, const std::optional<at::Tensor>& grad_cells,
@@ -158,8 +171,7 @@ LstmDims check_lstm_backward_args(
     const at::Tensor& c0, const at::Tensor& y, const at::Tensor& gates, const at::Tensor& cells,
     const std::optional<at::Tensor>& batch_sizes, const std::optional<at::Tensor>& w_hr) {
   constexpr const char* op = "lstm_backward";
-  const LstmDims d =
-      check_lstm_forward_args(x, w_ih, w_hh, std::nullopt, h0, c0, batch_sizes, w_hr);
+  const LstmDims d = check_lstm_inputs(op, x, w_ih, w_hh, std::nullopt, h0, c0, batch_sizes, w_hr);
   const SequenceDims& s = d.seq;
   const char* p_letter = d.projected ? "P" : "H";
   check::like(y, x, op, "y");

@@ -140,14 +140,15 @@ TORCH_LIBRARY(lstm_ext, m) {
   // picks one of them (csrc/cpu/kernel_select.h).
   m.def("cpu_kernels() -> str[]");
 
-  // The CUDA path an LSTM layer-direction of this batch (rows of the widest
-  // step), hidden size and dtype takes on CUDA device `device` (-1: the
-  // current one), forward or backward: "persistent (...)" or "standard (why)".
-  // LSTM_EXT_CUDA_PATH=auto|standard|persistent steers it
+  // The CUDA path an LSTM (or, cell="gru", a GRU) layer-direction of this
+  // batch (rows of the widest step), hidden size and dtype takes on CUDA
+  // device `device` (-1: the current one), forward or backward:
+  // "persistent (...)", "tensorcore (...)" or "standard (why)".
+  // LSTM_EXT_CUDA_PATH=auto|standard|persistent|tensorcore steers it
   // (csrc/cuda_binding/lstm_path.h). Implemented only in CUDA builds.
   m.def(
       "cuda_lstm_path(int batch, int hidden, ScalarType dtype, bool projected=False, "
-      "bool backward=False, int device=-1) -> str");
+      "bool backward=False, int device=-1, str cell=\"lstm\") -> str");
 
   // The layout the tensor-core persistent LSTM kernels (LSTM_EXT_CUDA_PATH=
   // tensorcore, csrc/cuda/tensorcore.h) would use for this batch, hidden size

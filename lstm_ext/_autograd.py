@@ -201,6 +201,29 @@ def differentiable_grads(
     return tuple(result)
 
 
+def register_formula(name: str, setup_context: Callable, backward: Callable, entry_point: str) -> type:
+    """Installs the autograd formula of ``lstm_ext::<name>_forward`` (its
+    ``setup_context`` and ``backward``) for tracers and direct op callers,
+    makes ``lstm_ext::<name>_backward`` refuse to be differentiated, and
+    returns the eager_function the wrapper ``entry_point`` calls."""
+    forward_op, backward_op = f"lstm_ext::{name}_forward", f"lstm_ext::{name}_backward"
+    torch.library.register_autograd(forward_op, backward, setup_context=setup_context)
+    register_opaque_backward(backward_op, forward_op, entry_point)
+    op = getattr(torch.ops.lstm_ext, f"{name}_forward").default
+    return eager_function(f"{name.capitalize()}Forward", op, setup_context, backward)
+
+
+def require_saved(ctx, name: str, wrapper: str) -> None:
+    """The first-order backward of an op called with save_for_backward=False
+    has no activations to work from: say so, and how to call it."""
+    if not ctx.saved:
+        raise RuntimeError(
+            f"lstm_ext::{name}_forward was called with save_for_backward=False, so it kept no "
+            f"activations to differentiate. Call it with save_for_backward=True when gradients "
+            f"are needed ({wrapper} decides this automatically)."
+        )
+
+
 def register_opaque_backward(backward_op: str, forward_op: str, entry_point: str) -> None:
     """Make differentiating a fused backward op's outputs fail loudly.
 

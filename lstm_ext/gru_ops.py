@@ -21,10 +21,10 @@ from ._autograd import (
     check_like_x,
     compute_dtype,
     differentiable_grads,
-    eager_function,
     grad_bias_as,
     needs_grad,
-    register_opaque_backward,
+    register_formula,
+    require_saved,
     run_op,
 )
 
@@ -126,12 +126,7 @@ def _gru_forward_backward(ctx, grad_y, grad_h_n, _grad_gates):
             lambda: _composite_op(x, w_ih, w_hh, b_ih, b_hh, h0, ctx.reverse, ctx.batch_sizes),
             (grad_y, grad_h_n),
         )
-    if not ctx.saved:
-        raise RuntimeError(
-            "lstm_ext::gru_forward was called with save_for_backward=False, so it kept no "
-            "activations to differentiate. Call it with save_for_backward=True when gradients "
-            "are needed (lstm_ext.gru_ops.gru_layer decides this automatically)."
-        )
+    require_saved(ctx, "gru", "lstm_ext.gru_ops.gru_layer")
     needs = ctx.needs_input_grad
     grad_x, grad_w_ih, grad_w_hh, grad_b_ih, grad_b_hh, grad_h0 = call_below_autograd(
         _backward_op, grad_y, grad_h_n, x, w_ih, w_hh, h0, y, gates, ctx.reverse, needs[0], ctx.batch_sizes
@@ -149,8 +144,4 @@ def _gru_forward_backward(ctx, grad_y, grad_h_n, _grad_gates):
     )
 
 
-torch.library.register_autograd("lstm_ext::gru_forward", _gru_forward_backward, setup_context=_setup_context)
-_GruForward = eager_function("GruForward", _forward_op, _setup_context, _gru_forward_backward)
-
-
-register_opaque_backward("lstm_ext::gru_backward", "lstm_ext::gru_forward", "lstm_ext.gru_ops.gru_layer or lstm_ext.GRU")
+_GruForward = register_formula("gru", _setup_context, _gru_forward_backward, "lstm_ext.gru_ops.gru_layer or lstm_ext.GRU")

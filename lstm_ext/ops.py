@@ -20,11 +20,11 @@ from ._autograd import (
     check_like_x,
     compute_dtype,
     differentiable_grads,
-    eager_function,
     fake_layer_grads,
     grad_bias_as,
     needs_grad,
-    register_opaque_backward,
+    register_formula,
+    require_saved,
     run_op,
 )
 
@@ -48,20 +48,23 @@ SUPPORTED_DEVICE_TYPES = frozenset(
 
 
 def cuda_path(batch: int, hidden: int, dtype: torch.dtype = torch.float32, *, proj_size: int = 0,
-              backward: bool = False, device=None) -> str:
-    """The CUDA path an LSTM layer-direction takes: ``"persistent (...)"`` (one
-    cooperative kernel for the whole sequence, W_hh resident in shared memory)
-    or ``"standard (why not persistent)"`` (a cuBLAS GEMM and a fused kernel
-    per step), for ``batch`` rows (the widest step), ``hidden`` units, ``dtype``
-    and ``proj_size``, in the forward (or the ``backward``), on ``device``
-    (default: the current CUDA device). The environment variable
+              backward: bool = False, device=None, cell: str = "lstm") -> str:
+    """The CUDA path an LSTM (or, with ``cell="gru"``, a GRU) layer-direction
+    takes: ``"persistent (...)"`` (one cooperative kernel for the whole
+    sequence, W_hh resident in shared memory) or ``"standard (why not
+    persistent)"`` (a cuBLAS GEMM and a fused kernel per step), for ``batch``
+    rows (the widest step), ``hidden`` units, ``dtype`` and ``proj_size``, in
+    the forward (or the ``backward``), on ``device`` (default: the current
+    CUDA device). The environment variable
     ``LSTM_EXT_CUDA_PATH=auto|standard|persistent|tensorcore`` steers the
     choice; with ``persistent`` or ``tensorcore`` a configuration that cannot
     run it raises, here as in the layer. ``tensorcore`` (``"tensorcore
     (...)"``: the persistent kernel with the recurrent product on the tensor
     cores, float16, bfloat16, and float32 as TF32 while
-    ``torch.backends.cudnn.allow_tf32`` allows it) is experimental: ``auto``
-    never picks it."""
+    ``torch.backends.cudnn.allow_tf32`` allows it) is experimental and LSTM
+    only: ``auto`` never picks it, and it raises for a GRU. The persistent GRU
+    kernel has not run on a GPU yet: ``auto`` keeps GRUs on the standard path,
+    ``persistent`` forces it."""
     if "cuda" not in SUPPORTED_DEVICE_TYPES:
         raise RuntimeError(
             "lstm_ext.cuda_path: this build of lstm_ext has no CUDA kernels (it supports: "
@@ -69,7 +72,7 @@ def cuda_path(batch: int, hidden: int, dtype: torch.dtype = torch.float32, *, pr
         )
     index = -1 if device is None else torch.device(device).index
     return torch.ops.lstm_ext.cuda_lstm_path(batch, hidden, dtype, proj_size > 0, backward,
-                                             -1 if index is None else index)
+                                             -1 if index is None else index, cell)
 
 
 def lstm_layer(
@@ -168,12 +171,7 @@ def _lstm_forward_backward(ctx, grad_y, grad_h_n, grad_c_n, _grad_gates, grad_ce
     if torch.is_grad_enabled():
         # create_graph=True: the gradients must be differentiable themselves.
         return _differentiable_backward(ctx, (grad_y, grad_h_n, grad_c_n, grad_cells))
-    if not ctx.saved:
-        raise RuntimeError(
-            "lstm_ext::lstm_forward was called with save_for_backward=False, so it kept no "
-            "activations to differentiate. Call it with save_for_backward=True when gradients "
-            "are needed (lstm_ext.ops.lstm_layer decides this automatically)."
-        )
+    require_saved(ctx, "lstm", "lstm_ext.ops.lstm_layer")
     x, w_ih, w_hh, h0, c0, y, gates, cells, w_hr, bias = ctx.saved_tensors
     needs = ctx.needs_input_grad
     grads = call_below_autograd(
@@ -205,8 +203,4 @@ def _differentiable_backward(ctx, output_grads):
     )
 
 
-torch.library.register_autograd("lstm_ext::lstm_forward", _lstm_forward_backward, setup_context=_setup_context)
-_LstmForward = eager_function("LstmForward", _forward_op, _setup_context, _lstm_forward_backward)
-
-
-register_opaque_backward("lstm_ext::lstm_backward", "lstm_ext::lstm_forward", "lstm_ext.ops.lstm_layer or lstm_ext.LSTM")
+_LstmForward = register_formula("lstm", _setup_context, _lstm_forward_backward, "lstm_ext.ops.lstm_layer or lstm_ext.LSTM")

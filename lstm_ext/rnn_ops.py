@@ -20,11 +20,10 @@ from ._autograd import (
     check_bias_like_x,
     check_like_x,
     differentiable_grads,
-    eager_function,
     fake_layer_grads,
     grad_bias_as,
     needs_grad,
-    register_opaque_backward,
+    register_formula,
     run_op,
 )
 
@@ -129,8 +128,4 @@ def _rnn_forward_backward(ctx, grad_y, grad_h_n):
     )
 
 
-torch.library.register_autograd("lstm_ext::rnn_forward", _rnn_forward_backward, setup_context=_setup_context)
-_RnnForward = eager_function("RnnForward", _forward_op, _setup_context, _rnn_forward_backward)
-
-
-register_opaque_backward("lstm_ext::rnn_backward", "lstm_ext::rnn_forward", "lstm_ext.rnn_ops.rnn_layer or lstm_ext.RNN")
+_RnnForward = register_formula("rnn", _setup_context, _rnn_forward_backward, "lstm_ext.rnn_ops.rnn_layer or lstm_ext.RNN")

@@ -4,7 +4,7 @@
 #
 #   bash scripts/gpu_verify.sh [STAGE...]
 #
-# Stages (all, in this order, when none is named):
+# Stages (all but gru, in this order, when none is named):
 #   build       setup.py build_ext --inplace for this GPU's architecture
 #               (TORCH_CUDA_ARCH_LIST defaults to the GPU's capability, e.g.
 #               9.0 on an H200: ~47 s with 16 jobs). Skipped when an
@@ -16,9 +16,20 @@
 #               csrc/message.h).
 #   test        the whole suite (CPU and CUDA) with pytest-xdist (~1-2 min);
 #               then the CUDA cases forced onto the standard path and the
-#               persistent tests forced onto the persistent kernels.
+#               persistent tests (LSTM and GRU) forced onto the persistent
+#               kernels.
 #   tensorcore  the tensor-core persistent kernel (LSTM_EXT_CUDA_PATH=tensorcore,
 #               opt-in, never run before): its tests.
+#   gru         the GRU's CUDA kernels, which have never run on a GPU: the
+#               standard path's op and module tests (-k "cuda and gru"), and
+#               the persistent GRU kernel (LSTM_EXT_CUDA_PATH=persistent, which
+#               auto does not pick until it has passed here): its tests
+#               (tests/test_cuda.py -k persistent_gru, which force the path
+#               themselves: parity with cuDNN, torch.nn in float64 on the CPU
+#               and the standard path; dense, packed, reverse, fp16/bf16),
+#               then memcheck, racecheck and synccheck on a subset. Not in the
+#               default list (`test` and `sanitize` run the same tests): the
+#               quick first check on a lent GPU is `build gru` (~2-3 min).
 #   sanitize    compute-sanitizer memcheck on a CUDA subset and on the
 #               tensor-core tests; racecheck and synccheck on the persistent
 #               and the tensor-core kernels.
@@ -113,11 +124,21 @@ has_cuda_build() {
 # compute-sanitizer subsets: every CUDA kernel at small shapes; the
 # persistent and tensor-core kernels (shared memory between threads, a grid
 # barrier) also under racecheck and synccheck.
-MEMCHECK_TESTS=(tests/test_cuda.py tests/test_ops.py tests/test_packed.py tests/test_projection.py
-                tests/test_rnn_ops.py
+MEMCHECK_TESTS=(tests/test_cuda.py tests/test_cell_ops.py tests/test_lstm_ops.py tests/test_packed.py
+                tests/test_projection.py
                 -k "cuda and not gradcheck and not compile and not long and not large and not opcheck"
                 -p no:cacheprovider -x)
 PERSISTENT_TESTS=(tests/test_cuda.py -k "persistent and not long and not large" -p no:cacheprovider -x)
+# The GRU's CUDA kernels have never run: the standard path's op and module
+# tests, then the persistent kernel's (which force that path themselves).
+GRU_TESTS=(tests/test_cell_ops.py tests/test_gru_ops.py tests/test_cell_modules.py tests/test_cuda.py
+           -k "(cuda and gru) or persistent_gru" -p no:cacheprovider)
+# Without the B48 H1024 case: both directions, dense and packed, forward and
+# backward is several times the LSTM's sanitized case and would not fit a
+# stage's timeout under three tools; B16 H768 still crosses row tiles.
+GRU_SANITIZE_TESTS=(tests/test_cuda.py tests/test_cell_ops.py
+                    -k "persistent_gru and not long and not low_precision and not several_row_tiles or (cuda and gru and f64 and not gradcheck and not opcheck)"
+                    -p no:cacheprovider -x)
 TC_RACE_TESTS=(tests/test_tensorcore.py -k "B3-H33 or B9-H1024 or k_chunks or packed or repeated"
                -p no:cacheprovider -x)
 # The tensor-core benchmark shapes (the targets; forced path).
@@ -148,6 +169,15 @@ for s in "${STAGES[@]}"; do
     tensorcore)
       # Forces the path itself; float64 parity, bit-identical repeats, refusals.
       stage tensorcore "$PYTHON" -m pytest -q -n "$WORKERS" -p no:cacheprovider tests/test_tensorcore.py ;;
+    gru)
+      # The persistent GRU kernel's first runs: its tests, then the sanitizers.
+      stage gru "$PYTHON" -m pytest -q -n "$WORKERS" "${GRU_TESTS[@]}"
+      stage memcheck-gru env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck \
+        --leak-check no --error-exitcode 3 "$PYTHON" -m pytest -q "${GRU_SANITIZE_TESTS[@]}"
+      for tool in racecheck synccheck; do
+        stage "$tool-gru" compute-sanitizer --tool "$tool" --error-exitcode 3 \
+          "$PYTHON" -m pytest -q "${GRU_SANITIZE_TESTS[@]}"
+      done ;;
     sanitize)
       # Without the caching allocator an access past a tensor's end leaves its
       # allocation, and memcheck sees it.
@@ -176,7 +206,7 @@ for s in "${STAGES[@]}"; do
         --fp32-precision default --min-time 0.3 --tag tensorcore --out-dir "$OUT/results" \
         --shapes "${TC_SHAPES_TF32[@]}" ;;
     *)
-      echo "unknown stage: $s (build, diag, test, tensorcore, sanitize, bench, bench-tc)" >&2; exit 2 ;;
+      echo "unknown stage: $s (build, diag, test, tensorcore, gru, sanitize, bench, bench-tc)" >&2; exit 2 ;;
   esac
 done
 

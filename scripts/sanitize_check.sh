@@ -3,7 +3,7 @@
 # C++ extension, behind `make sanitize`:
 #
 #   bash scripts/sanitize_check.sh                  # default test subset (below)
-#   bash scripts/sanitize_check.sh tests/test_ops.py -k backward   # own pytest args
+#   bash scripts/sanitize_check.sh tests/test_cell_ops.py -k backward   # own pytest args
 #
 # Exit status: 0 clean; 1 a finding (UBSan runtime error, ASan error, a leak
 # from lstm_ext) or a failing test; 2 set-up or build problem.
@@ -56,9 +56,9 @@
 # loops, forced one by one via LSTM_EXT_CPU_KERNEL: LSTM/RNN forward and
 # backward, packed, projections, bidirectional, 1 vs 2 threads, NaN/inf, bf16
 # through each kernel), test_bf16_native.py (native bf16 forward),
-# test_errors.py, test_ops.py, test_rnn_ops.py and test_cell_ops.py (every cell
-# kind's layer op against the reference; the GRU ops: saved gates, backward op,
-# packed, zero batch/steps, gradcheck, argument checks) without the opcheck
+# test_errors.py, test_cell_ops.py (every op of every cell kind: against the
+# reference, saved gates, backward op, packed, zero batch/steps, gradcheck,
+# argument checks), test_lstm_ops.py and test_gru_ops.py (what one cell has) without the opcheck
 # grid and the slow LSTM gradgradcheck grid (C++ argument checks, zero
 # batch/steps, f64, non-contiguous, backward ops, composite double backward),
 # the GRU's cases of the cell-parametrized module tests (parity grid, packed,
@@ -93,9 +93,9 @@ DEFAULT_TESTS=(
   tests/test_cpu_kernels.py
   tests/test_bf16_native.py
   tests/test_errors.py
-  tests/test_ops.py
-  tests/test_rnn_ops.py
   tests/test_cell_ops.py
+  tests/test_lstm_ops.py
+  tests/test_gru_ops.py
   tests/test_cell_modules.py::test_parity_grid
   tests/test_cell_modules.py::test_packed
   tests/test_cell_modules.py::test_return_all_states_equals_layers_run_one_by_one

@@ -12,8 +12,8 @@ gate blocks, and
   over time steps (:func:`layer_reference`), independent of torch.nn's fused
   kernels and of lstm_ext; packed input is cut into its sequences, each run
   alone;
-* the uniform call of lstm_ext's differentiable layer wrapper
-  (:meth:`CellKind.layer`) and of a module (:func:`module_results`).
+* the uniform call of a module (:func:`module_results`); how each kind's ops
+  and layer wrapper are called is in tests/cell_op_adapters.py.
 
 The op and module tests parametrize over ``KIND_PARAMS`` and the ``device``
 fixture instead of keeping one copy per cell. lstm_ext's GRU classes are looked
@@ -31,7 +31,6 @@ Cell formulas (torch.nn's, gate blocks in weight order):
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
 from typing import Callable, NamedTuple, Optional, Tuple
 
@@ -181,25 +180,6 @@ class CellKind:
         hx = self.hx(tuple(randn(state_shape, scale) for _ in range(self.num_states))) if use_hx else None
         return x, hx
 
-    # -- lstm_ext's differentiable one-layer wrapper, called alike for every kind
-    def layer(self, x, w_ih, w_hh, b_ih, b_hh, *states, reverse=False, batch_sizes=None):
-        """lstm_ext's layer function of this kind, on ``LayerInputs.tensors``
-        (the states last). -> (y, final states tuple).
-
-        The LSTM and RNN wrappers take one bias (``b_ih + b_hh``, summed here,
-        differentiably); the GRU's takes both."""
-        if self.name == "lstm":
-            y, h, c = lstm_ext.ops.lstm_layer(x, w_ih, w_hh, _bias(b_ih, b_hh), *states, reverse=reverse,
-                                              batch_sizes=batch_sizes)
-            return y, (h, c)
-        if self.name.startswith("rnn"):
-            y, h = lstm_ext.rnn_ops.rnn_layer(x, w_ih, w_hh, _bias(b_ih, b_hh), *states, reverse=reverse,
-                                              relu=self.nonlinearity == "relu", batch_sizes=batch_sizes)
-            return y, (h,)
-        gru_ops = importlib.import_module("lstm_ext.gru_ops")
-        y, h = gru_ops.gru_layer(x, w_ih, w_hh, b_ih, b_hh, *states, reverse=reverse, batch_sizes=batch_sizes)
-        return y, (h,)
-
 
 KINDS = {
     "lstm": CellKind("lstm", "LSTM", "LSTMCell", None, 4, 2, _lstm_step, (4, 1)),
@@ -290,11 +270,6 @@ class LayerInputs(NamedTuple):
     states: Tuple[Tensor, ...]  # (h0,) or (h0, c0), [B, H]
     batch_sizes: Optional[Tensor]  # int64 [T] on the CPU, or None
 
-    @property
-    def tensors(self) -> tuple:
-        """(x, w_ih, w_hh, b_ih, b_hh, *states): the arguments of :meth:`CellKind.layer`."""
-        return (self.x, self.w_ih, self.w_hh, self.b_ih, self.b_hh, *self.states)
-
     def op_args(self) -> tuple:
         """The tensor arguments of the kind's forward op and layer wrapper, in
         their order: LSTM (x, w_ih, w_hh, bias, h0, c0), RNN (x, w_ih, w_hh,
@@ -303,11 +278,6 @@ class LayerInputs(NamedTuple):
         if self.kind.name == "gru":
             return (self.x, self.w_ih, self.w_hh, self.b_ih, self.b_hh, *self.states)
         return (self.x, self.w_ih, self.w_hh, _bias(self.b_ih, self.b_hh), *self.states)
-
-    def reference(self, reverse=False):
-        """:func:`layer_reference` of these inputs."""
-        return layer_reference(self.kind, self.x, self.w_ih, self.w_hh, self.b_ih, self.b_hh, self.states,
-                               reverse, self.batch_sizes)
 
 
 def make_inputs(kind, T, B, I, H, *, dtype=torch.float64, device="cpu", bias=True, seed=0, scale=1.0,

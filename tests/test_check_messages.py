@@ -24,7 +24,7 @@ GUARD_SOURCE = os.path.join(ROOT, "tests", "iostream_guard.c")
 # variants, which run where a GPU is present).
 ERROR_PATH_TESTS = [
     "tests/test_errors.py",
-    "tests/test_ops.py", "tests/test_rnn_ops.py", "tests/test_cell_ops.py", "tests/test_cpu_kernels.py",
+    "tests/test_cell_ops.py", "tests/test_lstm_ops.py", "tests/test_gru_ops.py", "tests/test_cpu_kernels.py",
     "tests/test_cuda.py",
     "-k", "raise or error or refuse or bad or malformed",
     "tests/test_fuzz.py",

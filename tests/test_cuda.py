@@ -356,3 +356,222 @@ def test_invalid_path_setting_raises(monkeypatch):
     monkeypatch.setenv("LSTM_EXT_CUDA_PATH", "fast")
     with pytest.raises(RuntimeError, match=r"LSTM_EXT_CUDA_PATH: expected auto, standard, persistent or tensorcore \(experimental\), got 'fast'"):
         lstm_ext.LSTM(I, H, device="cuda")(_randn(T, B, I))
+
+
+# --- the persistent GRU kernel (never run on a GPU before: only a forced path takes it) ------
+
+def _gru_results(m, x, h0, cot_dtype=None):
+    """Outputs (y, h_n) and the gradients of x, h0 and every parameter of a
+    GRU module (torch.nn's or lstm_ext's), dense or packed; cotangents drawn
+    in ``cot_dtype`` (default: the outputs' dtype), so runs in other dtypes
+    can share them."""
+    packed = isinstance(x, nn.utils.rnn.PackedSequence)
+    data = leaf(x.data if packed else x)
+    inp = nn.utils.rnn.PackedSequence(data, x.batch_sizes, x.sorted_indices, x.unsorted_indices) if packed else data
+    h0 = leaf(h0)
+    y, h = m(inp, h0)
+    outs = {"y": y.data if packed else y, "h": h}
+    wrt = {"x": data, "h0": h0, **dict(m.named_parameters())}
+    return {k: v.detach() for k, v in outs.items()}, backprop(outs, wrt, cot_dtype=cot_dtype)
+
+
+def _gru_float64_cpu(m, x, h0):
+    """_gru_results of torch.nn.GRU ``m``'s float64 CPU twin, back on m's
+    device and dtype (the exact reference of a float32 CUDA run)."""
+    twin = copy.deepcopy(m).to("cpu", torch.float64)
+    to64 = lambda t: t.detach().to("cpu", torch.float64)  # noqa: E731
+    if isinstance(x, nn.utils.rnn.PackedSequence):
+        x64 = nn.utils.rnn.PackedSequence(to64(x.data), x.batch_sizes,
+                                          None if x.sorted_indices is None else x.sorted_indices.cpu(),
+                                          None if x.unsorted_indices is None else x.unsorted_indices.cpu())
+    else:
+        x64 = to64(x)
+    outs, grads = _gru_results(twin, x64, to64(h0), cot_dtype=torch.float32)
+    back = lambda d: {k: v.to("cuda", torch.float32) for k, v in d.items()}  # noqa: E731
+    return back(outs), back(grads)
+
+
+def _assert_gru_matches(m_ref, m_ext, x, h0):
+    """lstm_ext's GRU against cuDNN's (float32) and against torch.nn's float64
+    CPU result, outputs and every gradient."""
+    got = _gru_results(m_ext, x, h0)
+    for label, want in (("cuDNN", _gru_results(m_ref, x, h0)), ("float64 CPU", _gru_float64_cpu(m_ref, x, h0))):
+        assert_dicts_close(got[0], want[0], F32_OUT, f"outputs vs {label}")
+        assert_dicts_close(got[1], want[1], F32_GRAD, f"grads vs {label}")
+
+
+@pytest.mark.parametrize("B,H", [(1, 1), (1, 64), (3, 33), (4, 257), (8, 512), (16, 768)])
+def test_persistent_gru_matches_torch(persistent, B, H):
+    """Both directions (bidirectional runs the reverse kernel), h0 given, fp32;
+    H = 33 and 257 leave the last block with fewer units than the others."""
+    assert lstm_ext.cuda_path(B, H, cell="gru").startswith("persistent")
+    assert lstm_ext.cuda_path(B, H, cell="gru", backward=True).startswith("persistent")
+    ref, ext = module_pair(nn.GRU, lstm_ext.GRU, 24, H, bidirectional=True, device="cuda")
+    _assert_gru_matches(ref, ext, _randn(9, B, 24), _randn(2, B, H, scale=0.5))
+
+
+@pytest.mark.parametrize("T_steps", [1, 2])
+def test_persistent_gru_one_and_two_steps_two_layers(persistent, T_steps):
+    ref, ext = module_pair(nn.GRU, lstm_ext.GRU, 16, 128, num_layers=2, device="cuda")
+    _assert_gru_matches(ref, ext, _randn(T_steps, 4, 16), _randn(2, 4, 128, scale=0.5))
+
+
+def test_persistent_gru_long_sequence(persistent):
+    """T=300: no drift over many steps and grid barriers (float32)."""
+    ref, ext = module_pair(nn.GRU, lstm_ext.GRU, 16, 128, device="cuda")
+    _assert_gru_matches(ref, ext, _randn(300, 4, 16), _randn(1, 4, 128, scale=0.5))
+
+
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+def test_persistent_gru_several_row_tiles(persistent, packed):
+    """B=48, H=1024: the staged rows come in several tiles per step, forward and
+    backward (forced: auto never takes the GRU kernel), both directions."""
+    B_big, H_big = 48, 1024
+    ref, ext = module_pair(nn.GRU, lstm_ext.GRU, 32, H_big, bidirectional=True, device="cuda")
+    h0 = _randn(2, B_big, H_big, scale=0.5)
+    x = _randn(6, B_big, 32)
+    if packed:
+        lengths = torch.randint(1, 7, (B_big,))
+        lengths[0] = 6
+        x = pack_padded_sequence(x, lengths, enforce_sorted=False)
+    _assert_gru_matches(ref, ext, x, h0)
+
+
+def test_persistent_gru_packed_unsorted_bidirectional(persistent):
+    """Packed, unsorted lengths, both directions: the reverse direction's steps
+    gain rows that start from h0, h_n is each sequence's state at its own last
+    step, grad h0 each sequence's gradient at its own first step."""
+    lengths = torch.tensor([5, 12, 3, 9, 12, 1])
+    ref, ext = module_pair(nn.GRU, lstm_ext.GRU, I, 96, bidirectional=True, device="cuda")
+    x = pack_padded_sequence(_randn(12, 6, I), lengths, enforce_sorted=False)
+    _assert_gru_matches(ref, ext, x, _randn(2, 6, 96, scale=0.5))
+
+
+def test_persistent_gru_without_bias_and_inference(persistent):
+    """bias=False (null bias pointers) with gradients, and a no-grad forward
+    (no saved gates) equal to the training forward."""
+    ref, ext = module_pair(nn.GRU, lstm_ext.GRU, I, 40, bias=False, bidirectional=True, device="cuda")
+    x, h0 = _randn(T, 5, I), _randn(2, 5, 40, scale=0.5)
+    _assert_gru_matches(ref, ext, x, h0)
+    with torch.no_grad():
+        y, h = ext(x, h0)
+        y_ref, h_ref = ref(x, h0)
+    torch.testing.assert_close(y, y_ref, **F32_OUT)
+    torch.testing.assert_close(h, h_ref, **F32_OUT)
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=["fp16", "bf16"])
+@pytest.mark.parametrize("packed", [False, True], ids=["dense", "packed"])
+def test_persistent_gru_low_precision_matches_cudnn_error(persistent, dtype, packed):
+    assert lstm_ext.cuda_path(8, 512, dtype, cell="gru").startswith("persistent")
+    x = _randn(50, 8, 128, dtype=dtype)
+    if packed:
+        x = pack_padded_sequence(x, torch.tensor([50, 3, 17, 50, 1, 29, 8, 44]), enforce_sorted=False)
+    assert_as_close_as_torch(nn.GRU, lstm_ext.GRU, x, (_randn(2, 8, 512, dtype=dtype, scale=0.5),),
+                             dtype=dtype, device="cuda", input_size=128, hidden_size=512,
+                             bidirectional=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=["fp32", "fp16", "bf16"])
+@pytest.mark.parametrize("layout", ["dense", "packed"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_persistent_gru_ops_match_the_standard_path(monkeypatch, dtype, layout, reverse):
+    """The ops' contract, path against path: y, h_n, the saved gates [N,4H]
+    (r, z, n, hn) and every output of gru_backward (the gate gradients leave
+    only through them), with grad_y and grad_h_n given or absent."""
+    Hs, Is, Ts, Bs = 72, 20, 7, 5
+    lengths = [7, 7, 5, 2, 1]
+    if layout == "packed":
+        batch_sizes = torch.tensor([sum(1 for n in lengths if n > t) for t in range(Ts)])
+        N = int(batch_sizes.sum())
+        x = _randn(N, Is, dtype=dtype)
+    else:
+        batch_sizes = None
+        N = Ts * Bs
+        x = _randn(Ts, Bs, Is, dtype=dtype)
+    w_ih, w_hh = _randn(3 * Hs, Is, dtype=dtype, scale=0.3), _randn(3 * Hs, Hs, dtype=dtype, scale=0.3)
+    b_ih, b_hh = _randn(3 * Hs, dtype=dtype, scale=0.3), _randn(3 * Hs, dtype=dtype, scale=0.3)
+    h0 = _randn(Bs, Hs, dtype=dtype, scale=0.5)
+    y_shape = (N, Hs) if batch_sizes is not None else (Ts, Bs, Hs)
+    grad_y, grad_h_n = _randn(*y_shape, dtype=dtype), _randn(Bs, Hs, dtype=dtype)
+    results = {}
+    for path in ("standard", "persistent"):
+        monkeypatch.setenv("LSTM_EXT_CUDA_PATH", path)
+        y, h_n, gates = torch.ops.lstm_ext.gru_forward(x, w_ih, w_hh, b_ih, b_hh, h0, reverse, True, batch_sizes)
+        out = {"y": y, "h_n": h_n, "gates": gates}
+        for name, gy, gh in (("both", grad_y, grad_h_n), ("y only", grad_y, None), ("h_n only", None, grad_h_n)):
+            grads = torch.ops.lstm_ext.gru_backward(gy, gh, x, w_ih, w_hh, h0, y, gates, reverse, True, batch_sizes)
+            for k, g in zip(("grad_x", "grad_w_ih", "grad_w_hh", "grad_b_ih", "grad_b_hh", "grad_h0"), grads):
+                out[f"{k} ({name})"] = g
+        results[path] = {k: v.float() for k, v in out.items()}
+    label = f"{layout} reverse={reverse}"
+    if dtype == torch.float32:
+        # Strict fp32 products on both paths (conftest turns TF32 off): only
+        # the order of the sums differs.
+        assert_dicts_close(results["persistent"], results["standard"], dict(atol=1e-5, rtol=1e-4), label)
+        return
+    # 16-bit: the persistent kernel keeps the recurrent products and dh in
+    # float32 where the standard path rounds them to the storage dtype, so the
+    # two differ by a few roundings, relative to each tensor's scale.
+    rel = {torch.float16: 5e-3, torch.bfloat16: 3e-2}[dtype]
+    for k, want in results["standard"].items():
+        got = results["persistent"][k]
+        assert got.shape == want.shape, (label, k)
+        err, scale = (got - want).abs().max().item(), want.abs().max().item()
+        assert err <= rel * scale + 1e-6, f"{label} {k}: max|persistent - standard| = {err:.3e} > {rel} * {scale:.3e}"
+
+
+def test_persistent_gru_and_standard_paths_agree(monkeypatch):
+    m = lstm_ext.GRU(I, 200, num_layers=2, device="cuda")
+    x, h0 = _randn(40, 5, I), _randn(2, 5, 200, scale=0.5)
+    results = {}
+    for path in ("standard", "persistent"):
+        monkeypatch.setenv("LSTM_EXT_CUDA_PATH", path)
+        results[path] = _gru_results(m, x, h0)
+    assert_dicts_close(results["persistent"][0], results["standard"][0], F32_OUT, "outputs")
+    assert_dicts_close(results["persistent"][1], results["standard"][1], F32_GRAD, "grads")
+
+
+def test_persistent_gru_auto_path_is_standard(monkeypatch):
+    """auto keeps GRUs on the standard path (the persistent GRU kernel has not
+    been verified on a GPU) and says why; the LSTM's choice is unchanged."""
+    monkeypatch.delenv("LSTM_EXT_CUDA_PATH", raising=False)
+    why = "standard (persistent GRU kernel not yet verified on a GPU)"
+    for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
+        assert lstm_ext.cuda_path(4, 512, dtype, cell="gru") == why
+        assert lstm_ext.cuda_path(4, 512, dtype, cell="gru", backward=True) == why
+    assert lstm_ext.cuda_path(4, 512).startswith("persistent")
+    assert lstm_ext.cuda_path(4, 512, cell="lstm").startswith("persistent")
+    monkeypatch.setenv("LSTM_EXT_CUDA_PATH", "standard")
+    assert lstm_ext.cuda_path(4, 512, cell="gru") == "standard (LSTM_EXT_CUDA_PATH=standard)"
+    with pytest.raises(RuntimeError, match=r"cell must be 'lstm' or 'gru', got 'rnn'"):
+        lstm_ext.cuda_path(4, 512, cell="rnn")
+
+
+def test_persistent_gru_forced_path_refuses_what_it_cannot_run(persistent):
+    with pytest.raises(RuntimeError, match=r"LSTM_EXT_CUDA_PATH=persistent: this GRU cannot run.*float64"):
+        lstm_ext.cuda_path(4, 64, torch.float64, cell="gru")
+    with pytest.raises(RuntimeError, match=r"LSTM_EXT_CUDA_PATH=persistent: this GRU cannot run.*float64"):
+        lstm_ext.GRU(I, H, device="cuda", dtype=torch.float64)(_randn(T, B, I, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match=r"this GRU cannot run.*shared memory"):
+        lstm_ext.cuda_path(1, 16384, cell="gru")  # a 3 x 16384 x U slice per block cannot fit
+
+
+def test_persistent_gru_forced_refusal_comes_before_any_allocation(persistent):
+    G3 = 3 * H
+    args = [_randn(B, T, I, dtype=torch.float64).transpose(0, 1), _randn(I, G3, dtype=torch.float64).t(),
+            _randn(G3, H, dtype=torch.float64), _randn(G3, dtype=torch.float64), _randn(G3, dtype=torch.float64),
+            _randn(B, H, dtype=torch.float64)]
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_stats()["allocation.all.allocated"]
+    with pytest.raises(RuntimeError, match=r"LSTM_EXT_CUDA_PATH=persistent.*GRU.*float64"):
+        torch.ops.lstm_ext.gru_forward(*args, False, True)
+    assert torch.cuda.memory_stats()["allocation.all.allocated"] == before
+
+
+def test_persistent_gru_tensorcore_setting_raises_for_a_gru(monkeypatch):
+    monkeypatch.setenv("LSTM_EXT_CUDA_PATH", "tensorcore")
+    with pytest.raises(RuntimeError, match=r"LSTM_EXT_CUDA_PATH=tensorcore: there is no tensor-core GRU kernel"):
+        lstm_ext.cuda_path(4, 64, torch.bfloat16, cell="gru")
+    with pytest.raises(RuntimeError, match=r"no tensor-core GRU kernel"):
+        lstm_ext.GRU(I, H, device="cuda")(_randn(T, B, I))

@@ -1,6 +1,8 @@
-// Persistent LSTM kernels: ONE cooperative launch runs every time step of a
-// layer-direction, forward or backward. Torch-free: raw device pointers,
-// int64 sizes, an explicit stream.
+// Persistent LSTM and GRU kernels: ONE cooperative launch runs every time
+// step of a layer-direction, forward or backward. Torch-free: raw device
+// pointers, int64 sizes, an explicit stream. This header holds what both
+// cells share (the plan) and the LSTM's interface; persistent_gru.h has the
+// GRU's.
 //
 // Why: at small batch a step of the standard path is one GEMM launch plus one
 // elementwise launch, and W_hh is streamed from HBM every step. Here each
@@ -8,8 +10,9 @@
 // the blocks meet at one grid-wide barrier per step.
 //
 // Work split: block b owns hidden units [b*U, b*U + U) (U = plan.units), i.e.
-// 4U rows of W_hh (gates i, f, g, o of its units) in the forward and the 4H x U
-// column slice in the backward. Its units' cell state (forward) and h / c
+// the gates x U rows of W_hh that compute its units (gates = kLstmGates: i, f,
+// g, o; kGruGates: r, z, n) in the forward and the (gates x H) x U column
+// slice in the backward. Its units' cell state (LSTM forward) and h / c
 // gradients (backward) stay in shared memory across steps. Each step stages
 // the rows the block multiplies (h_{t-1}, or the previous step's gate
 // gradients) from global memory into shared memory in row tiles of
@@ -52,13 +55,18 @@ struct PersistentPlan {
 
 constexpr int kPersistentThreads = 256;
 
-// Shared memory: the weight slice (4U x H elements of `elem_bytes`), the
-// per-unit state (2 x B x U floats), and tiles of staged rows in float
-// (tile_rows x width, width = H forward, 4H backward) with their partial
-// products (tile_rows x 4U floats). The largest tile that fits is chosen,
-// up to B rows.
+// Recurrent gate rows per hidden unit: the `gates` argument of plan_persistent.
+constexpr int kLstmGates = 4;  // i, f, g, o
+constexpr int kGruGates = 3;   // r, z, n
+
+// Shared memory: the weight slice (gates x U x H elements of `elem_bytes`),
+// the per-unit state (2 x B x U floats: the LSTM's c, or dh and dc; the GRU
+// uses one of the two, for dh), and tiles of staged rows in float (tile_rows x
+// width, width = H forward, gates x H backward) with their partial products
+// (tile_rows x gates x U floats). The largest tile that fits is chosen, up to
+// B rows. `gates` is kLstmGates or kGruGates.
 inline PersistentPlan plan_persistent(int64_t B, int64_t H, int64_t elem_bytes, int sms,
-                                      size_t smem_optin, bool backward) {
+                                      size_t smem_optin, bool backward, int gates) {
   PersistentPlan p;
   p.smem_limit = smem_optin;
   if (B < 1 || H < 1 || sms < 1) {
@@ -69,10 +77,10 @@ inline PersistentPlan plan_persistent(int64_t B, int64_t H, int64_t elem_bytes, 
   p.blocks = static_cast<int>((H + p.units - 1) / p.units);
   const int64_t U = p.units;
   auto align = [](size_t n) { return (n + 15) / 16 * 16; };
-  const size_t weights = align(static_cast<size_t>(4 * U * H * elem_bytes));
+  const size_t weights = align(static_cast<size_t>(gates * U * H * elem_bytes));
   const size_t state = align(static_cast<size_t>(2 * B * U) * sizeof(float));
-  const int64_t width = backward ? 4 * H : H;
-  const size_t per_row = static_cast<size_t>(width + 4 * U) * sizeof(float);
+  const int64_t width = backward ? gates * H : H;
+  const size_t per_row = static_cast<size_t>(width + gates * U) * sizeof(float);
   if (weights + state + per_row > smem_optin) {
     p.why_not = "the W_hh slice per block does not fit in shared memory";
     return p;
@@ -89,7 +97,7 @@ inline PersistentPlan plan_persistent(int64_t B, int64_t H, int64_t elem_bytes, 
   return p;
 }
 
-// Forward over all steps. Reads proj [N,4H] (x W_ih^T of every step, T dtype),
+// LSTM forward over all steps. Reads proj [N,4H] (x W_ih^T of every step, T dtype),
 // bias [4H] (Compute<T>) or null, w_hh [4H,H], h0 [B,H], c0 [B,H]
 // (Compute<T>). Writes y [N,H], h_n [B,H], c_n [B,H] (Compute<T>), and when
 // gates/cells are non-null the saved activations [N,4H] and c_t [N,H]
@@ -113,7 +121,7 @@ struct PersistentForward {
   T* h_buffers;
 };
 
-// Backward over all steps, for a forward that saved gates [N,4H] and cells
+// LSTM backward over all steps, for a forward that saved gates [N,4H] and cells
 // [N,H] (Compute<T>). Reads grad_y [N,H] (or null), grad_cells [N,H]
 // (Compute<T>, or null), grad_h_n [B,H] (or null: zero), grad_c_n [B,H]
 // (Compute<T>, or null), c0 [B,H] (Compute<T>), w_hh [4H,H]. Writes dgates

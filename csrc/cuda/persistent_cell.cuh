@@ -2,8 +2,10 @@
 // recurrent product is summed: the SIMT one (persistent_impl.cuh) and the
 // tensor-core one (tensorcore_impl.cuh) differ only in how they compute that
 // product, so the cell update, the gate gradients and the step bookkeeping
-// live here once. Arithmetic in float32 whatever T, as the standard path's
-// step kernels (kernels_impl.cuh).
+// live here once (the bookkeeping, step_at / first_row / rows_of, and
+// to_float also serve the persistent GRU kernels: persistent_gru_cell.cuh).
+// Arithmetic in float32 whatever T, as the standard path's step kernels
+// (kernels_impl.cuh).
 //
 // Letters as in persistent.h: H hidden units, G = 4H gate rows, n the row in
 // the [N, ...] buffers, row the row within the step (and the state buffers),
@@ -40,6 +42,15 @@ __device__ __forceinline__ int64_t step_at(int64_t T, int64_t s, bool reverse) {
 // First row of step t: offsets[t], or t*B for dense input (offsets null).
 __device__ __forceinline__ int64_t first_row(const int64_t* offsets, int64_t t, int64_t B) {
   return offsets ? offsets[t] : t * B;
+}
+
+// The rows of the forward's step t: [base, base + rows) in the [N, ...] buffers.
+struct StepRows {
+  int64_t base, rows;
+};
+__device__ __forceinline__ StepRows rows_of(const int64_t* offsets, int64_t t, int64_t B) {
+  const int64_t base = first_row(offsets, t, B);
+  return {base, first_row(offsets, t + 1, B) - base};
 }
 
 // Forward of unit j at row n: rec[g] is gate g's recurrent product

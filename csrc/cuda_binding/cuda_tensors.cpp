@@ -27,6 +27,15 @@ Tensor previous_states(const Tensor& y2d, const Tensor& h0, const StepLayout& L,
   return out;
 }
 
+Tensor step_offsets(const StepLayout& L, bool packed, const at::Device& device) {
+  if (!packed) return Tensor();
+  Tensor host = at::empty({L.steps() + 1}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
+  int64_t* offsets = host.data_ptr<int64_t>();
+  for (int64_t t = 0; t < L.steps(); ++t) offsets[t] = L.offset(t);
+  offsets[L.steps()] = L.total_rows();
+  return host.to(device, /*non_blocking=*/true);
+}
+
 Tensor state_buffer(const OptTensor& init, c10::IntArrayRef sizes, const at::TensorOptions& opts) {
   if (!present(init)) return at::zeros(sizes, opts);
   return init->to(opts.dtype().toScalarType(), /*non_blocking=*/false, /*copy=*/true,

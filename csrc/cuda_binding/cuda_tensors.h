@@ -91,6 +91,13 @@ inline Tensor step_rows(const Tensor& t2d, const StepLayout& L, int64_t t) {
 Tensor previous_states(const Tensor& y2d, const Tensor& h0, const StepLayout& L, bool reverse,
                        bool packed);
 
+// The step offsets a persistent kernel takes: none (an undefined tensor, so
+// a null pointer) for dense input, else StepLayout's [T+1] offsets on
+// `device` (int64), copied from pinned memory without blocking. The path
+// choice (lstm_path.h) keeps packed input off the persistent kernels during a
+// CUDA graph capture, whose replays would re-read the recycled host buffer.
+Tensor step_offsets(const StepLayout& L, bool packed, const at::Device& device);
+
 // A fresh contiguous [rows, F] copy of an optional state (or gradient) in
 // `dtype`, zeros when absent: the running buffer a time loop updates in place.
 Tensor state_buffer(const OptTensor& init, c10::IntArrayRef sizes, const at::TensorOptions& opts);

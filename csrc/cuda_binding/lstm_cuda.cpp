@@ -13,7 +13,8 @@
 // projection, recurrent product and bias in the compute dtype and updates
 // c and h. Backward: per step one fused gate-gradient kernel and one GEMM
 // (dgates W_hh, the gradient at h_{t-1}); the weight and input gradients are
-// one GEMM each over all N rows after the loop.
+// one GEMM each over all N rows after the loop. The step loops of both are
+// step_loop.h's, shared with the RNN and GRU bindings.
 //
 // h and c live in full-batch state buffers [B,P] / [B,H]; step t reads and
 // writes their first rows(t) rows. Rows a packed step does not reach keep
@@ -36,6 +37,7 @@
 #include "cuda_binding/cuda_tensors.h"
 #include "cuda_binding/gemm.h"
 #include "cuda_binding/lstm_path.h"
+#include "cuda_binding/step_loop.h"
 #include "step_layout.h"
 #include "tensor_args.h"
 
@@ -62,51 +64,36 @@ std::pair<Tensor, Tensor> standard_forward(const StepLayout& L, const LstmDims& 
   const cudaStream_t stream = current_stream();
   LSTM_EXT_DISPATCH_CUDA(y2d.scalar_type(), "lstm_forward_cuda", [&] {
     using C = cuda::Compute<T>;
-    for (int64_t s = 0; s < L.steps(); ++s) {
-      const int64_t t = L.time_at(s, reverse), rows = L.rows(t), off = L.offset(t);
-      Tensor rec_rows = row_block(rec, 0, rows);
-      mm_out(rec_rows, row_block(h_state, 0, rows), w_hh.t(), prec);
+    auto step_kernel = [&](const Step& st) {
       cuda::LstmStepForward<T> a{};
-      a.rows = rows;
+      a.rows = st.rows;
       a.H = H;
-      a.proj = ptr<T>(proj) + off * G;
+      a.proj = ptr<T>(proj) + st.off * G;
       a.rec = ptr<T>(rec);
       a.bias = ptr_or_null<C>(bias_c);
       a.c_state = ptr<C>(c_state);
-      a.h_out = d.projected ? ptr<T>(h_raw) : ptr<T>(y2d) + off * P;
+      a.h_out = d.projected ? ptr<T>(h_raw) : ptr<T>(y2d) + st.off * P;
       a.ld_h_out = H;
       a.h_state = d.projected ? nullptr : ptr<T>(h_state);
-      a.gates = save ? ptr<C>(gates) + off * G : nullptr;
-      a.cells = save ? ptr<C>(cells) + off * H : nullptr;
+      a.gates = save ? ptr<C>(gates) + st.off * G : nullptr;
+      a.cells = save ? ptr<C>(cells) + st.off * H : nullptr;
       cuda::lstm_step_forward<T>(a, stream);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      if (d.projected) {
-        Tensor y_rows = step_rows(y2d, L, t);
-        mm_out(y_rows, row_block(h_raw, 0, rows), w_hr.t(), prec);
-        row_block(h_state, 0, rows).copy_(y_rows);
-      }
-    }
+    };
+    auto projection = [&](const Step& st) {  // y_t = h_raw W_hr^T, also the next step's h
+      if (!d.projected) return;
+      Tensor y_rows = step_rows(y2d, L, st.t);
+      mm_out(y_rows, row_block(h_raw, 0, st.rows), w_hr.t(), prec);
+      row_block(h_state, 0, st.rows).copy_(y_rows);
+    };
+    forward_steps(L, reverse, rec, h_state, w_hh, prec, step_kernel, projection);
   });
   return {h_state, c_state};
-}
-
-// The step offsets for a persistent kernel: none (null) for dense input, else
-// StepLayout's [T+1] offsets on x's device, copied from pinned memory without
-// blocking (choose_lstm_path keeps packed input off this path during a CUDA
-// graph capture, whose replays would re-read the recycled host buffer).
-Tensor step_offsets(const StepLayout& L, bool packed, const at::Device& device) {
-  if (!packed) return Tensor();
-  Tensor host = at::empty({L.steps() + 1}, at::TensorOptions().dtype(at::kLong).pinned_memory(true));
-  int64_t* offsets = host.data_ptr<int64_t>();
-  for (int64_t t = 0; t < L.steps(); ++t) offsets[t] = L.offset(t);
-  offsets[L.steps()] = L.total_rows();
-  return host.to(device, /*non_blocking=*/true);
 }
 
 // The whole sequence in one cooperative launch: the SIMT persistent kernel
 // (csrc/cuda/persistent.h) or, when path.tensorcore, the tensor-core one
 // (csrc/cuda/tensorcore.h), which take the same arguments.
-std::pair<Tensor, Tensor> persistent_forward(const LstmPath& path,
+std::pair<Tensor, Tensor> persistent_forward(const CudaPath& path,
                                              const StepLayout& L, const LstmDims& d, bool reverse,
                                              const Tensor& proj, const Tensor& bias_c,
                                              const Tensor& w_hh, const Tensor& h0,
@@ -157,9 +144,8 @@ Outputs5 lstm_forward_cuda(const Tensor& x_in, const Tensor& w_ih_in, const Tens
   const c10::cuda::CUDAGuard guard(x_in.device());
   const int64_t N = d.seq.N, B = d.seq.B, H = d.H, P = d.P, G = 4 * H;
   // The path choice may refuse (a forced path): before any work, copies included.
-  const LstmPath path =
-      choose_lstm_path(B, H, x_in.scalar_type(), d.projected, d.seq.packed, /*backward=*/false,
-                       x_in.get_device());
+  const CudaPath path = choose_cuda_path(PathCell::kLstm, B, H, x_in.scalar_type(), d.projected,
+                                         d.seq.packed, /*backward=*/false, x_in.get_device());
   const StepLayout L = make_step_layout(d.seq, batch_sizes);
   const Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous(), w_hh = w_hh_in.contiguous();
   const Tensor w_hr = present(w_hr_in) ? w_hr_in->contiguous() : Tensor();
@@ -227,41 +213,40 @@ BackwardState standard_backward(const BackwardInputs& in, Tensor& dgates) {
                                              ptr<T>(out.h_raw_all), stream);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    for (int64_t s = L.steps() - 1; s >= 0; --s) {
-      const int64_t t = L.time_at(s, in.reverse), rows = L.rows(t), off = L.offset(t);
-      const int64_t prev = L.previous(t, in.reverse);
-      Tensor grad_h_rows = row_block(grad_h, 0, rows);
+    auto step_kernel = [&](const Step& st) {
+      const int64_t prev = L.previous(st.t, in.reverse);
       cuda::LstmStepBackward<T> a{};
-      a.rows = rows;
+      a.rows = st.rows;
       a.H = H;
-      a.rows_continuing = L.rows_continuing(t, in.reverse);
-      a.gates = ptr<C>(in.gates) + off * G;
-      a.cells = ptr<C>(in.cells) + off * H;
+      a.rows_continuing = L.rows_continuing(st.t, in.reverse);
+      a.gates = ptr<C>(in.gates) + st.off * G;
+      a.cells = ptr<C>(in.cells) + st.off * H;
       a.c_prev = prev >= 0 ? ptr<C>(in.cells) + L.offset(prev) * H : nullptr;
       a.c0 = ptr<C>(in.c0c);
-      a.grad_cells = in.grad_cells.defined() ? ptr<C>(in.grad_cells) + off * H : nullptr;
+      a.grad_cells = in.grad_cells.defined() ? ptr<C>(in.grad_cells) + st.off * H : nullptr;
       a.grad_c = ptr<C>(grad_c);
-      a.dgates = ptr<T>(dgates) + off * G;
+      a.dgates = ptr<T>(dgates) + st.off * G;
       if (in.d.projected) {
         // dL/dh_t = grad_h + grad_y[t] (P wide), then through h_t = h_raw W_hr^T.
-        Tensor grad_h_t = step_rows(out.grad_h_all, L, t);
+        const Tensor grad_h_rows = row_block(grad_h, 0, st.rows);
+        Tensor grad_h_t = step_rows(out.grad_h_all, L, st.t);
         if (in.grad_y.defined()) {
-          at::add_out(grad_h_t, grad_h_rows, step_rows(in.grad_y, L, t));
+          at::add_out(grad_h_t, grad_h_rows, step_rows(in.grad_y, L, st.t));
         } else {
           grad_h_t.copy_(grad_h_rows);
         }
-        Tensor grad_h_raw_rows = row_block(grad_h_raw, 0, rows);
+        Tensor grad_h_raw_rows = row_block(grad_h_raw, 0, st.rows);
         mm_out(grad_h_raw_rows, grad_h_t, in.w_hr, in.prec);
         a.grad_h = ptr<T>(grad_h_raw);
         a.grad_y = nullptr;
       } else {
         a.grad_h = ptr<T>(grad_h);
-        a.grad_y = in.grad_y.defined() ? ptr<T>(in.grad_y) + off * P : nullptr;
+        a.grad_y = in.grad_y.defined() ? ptr<T>(in.grad_y) + st.off * P : nullptr;
       }
       cuda::lstm_step_backward<T>(a, stream);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      mm_out(grad_h_rows, step_rows(dgates, L, t), in.w_hh, in.prec);
-    }
+    };
+    backward_steps(L, in.reverse, grad_h, dgates, in.w_hh, GradH::kOverwrite, in.prec,
+                   step_kernel);
   });
   out.grad_h0 = grad_h;
   out.grad_c0 = grad_c;
@@ -270,7 +255,7 @@ BackwardState standard_backward(const BackwardInputs& in, Tensor& dgates) {
 
 // The whole backward recurrence in one cooperative launch (no projection):
 // SIMT persistent, or tensor-core when path.tensorcore.
-BackwardState persistent_backward(const LstmPath& path, const BackwardInputs& in,
+BackwardState persistent_backward(const CudaPath& path, const BackwardInputs& in,
                                   Tensor& dgates) {
   const int64_t B = in.d.seq.B, H = in.d.H;
   BackwardState out;
@@ -321,9 +306,8 @@ Grads7 lstm_backward_cuda(const OptTensor& grad_y_in, const OptTensor& grad_h_n,
   const c10::cuda::CUDAGuard guard(x_in.device());
   const int64_t N = d.seq.N, B = d.seq.B, H = d.H, P = d.P, G = 4 * H;
   // The path choice may refuse (a forced path): before any work, copies included.
-  const LstmPath path =
-      choose_lstm_path(B, H, x_in.scalar_type(), d.projected, d.seq.packed, /*backward=*/true,
-                       x_in.get_device());
+  const CudaPath path = choose_cuda_path(PathCell::kLstm, B, H, x_in.scalar_type(), d.projected,
+                                         d.seq.packed, /*backward=*/true, x_in.get_device());
   const StepLayout L = make_step_layout(d.seq, batch_sizes);
   const GemmPrecision prec = rnn_gemm_precision(x_in.scalar_type());
   const Tensor x = x_in.contiguous(), w_ih = w_ih_in.contiguous();

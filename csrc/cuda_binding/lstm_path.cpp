@@ -10,6 +10,7 @@
 #include <mutex>
 #include <vector>
 
+#include "cuda/persistent_gru.h"
 #include "cuda/tensorcore.h"
 #include "cuda_binding/cuda_tensors.h"
 #include "cuda_binding/gemm.h"
@@ -57,33 +58,38 @@ Choice requested_path() {
                  "(experimental), got '", v, "'");
 }
 
-// The residency query of each persistent kernel family, by its plan type.
+const char* cell_name(PathCell cell) { return cell == PathCell::kGru ? "GRU" : "LSTM"; }
+
+// The residency query of each persistent kernel, by its plan type and cell.
 template <typename T>
-cudaError_t kernel_fits(const cuda::PersistentPlan& plan, bool backward, int sms, bool* fits) {
-  return cuda::persistent_lstm_fits<T>(plan, backward, sms, fits);
+cudaError_t kernel_fits(const cuda::PersistentPlan& plan, PathCell cell, bool backward, int sms,
+                        bool* fits) {
+  return cell == PathCell::kGru ? cuda::persistent_gru_fits<T>(plan, backward, sms, fits)
+                                : cuda::persistent_lstm_fits<T>(plan, backward, sms, fits);
 }
 template <typename T>
-cudaError_t kernel_fits(const cuda::TensorCorePlan& plan, bool backward, int sms, bool* fits) {
+cudaError_t kernel_fits(const cuda::TensorCorePlan& plan, PathCell /*LSTM only*/, bool backward,
+                        int sms, bool* fits) {
   return cuda::tensorcore_lstm_fits<T>(plan, backward, sms, fits);
 }
 
 // Whether every block of the plan can be resident at once (cooperative launch).
 template <typename Plan>
-bool all_blocks_resident(const Plan& plan, at::ScalarType dtype, bool backward, int device,
-                         int sms) {
+bool all_blocks_resident(const Plan& plan, PathCell cell, at::ScalarType dtype, bool backward,
+                         int device, int sms) {
   const c10::cuda::CUDAGuard guard(static_cast<c10::DeviceIndex>(device));
   bool fits = false;
   cudaError_t err = cudaSuccess;
   dispatch_persistent(dtype, "cuda_lstm_path", [&](auto tag) {
     using T = typename decltype(tag)::type;
-    err = kernel_fits<T>(plan, backward, sms, &fits);
+    err = kernel_fits<T>(plan, cell, backward, sms, &fits);
   });
   C10_CUDA_CHECK(err);
   return fits;
 }
 
-LstmPath standard(const std::string& why) {
-  LstmPath p;
+CudaPath standard(const std::string& why) {
+  CudaPath p;
   p.description = "standard (" + why + ")";
   return p;
 }
@@ -100,7 +106,7 @@ std::string kib(size_t bytes) { return std::to_string((bytes + 1023) / 1024) + "
 // LSTM_EXT_CUDA_PATH=tensorcore: the tensor-core kernel, or an error saying
 // why not (never a silent fallback: whoever asks for an experimental kernel
 // wants to know when it does not run).
-LstmPath tensorcore_path(int64_t batch, int64_t hidden, at::ScalarType dtype, bool projected,
+CudaPath tensorcore_path(int64_t batch, int64_t hidden, at::ScalarType dtype, bool projected,
                          bool backward, int device) {
   auto refuse = [&](const std::string& why) {
     LSTM_EXT_CHECK(false,
@@ -126,11 +132,11 @@ LstmPath tensorcore_path(int64_t batch, int64_t hidden, at::ScalarType dtype, bo
            "device has " + std::to_string(l.major) + "." + std::to_string(l.minor));
   }
   if (!l.cooperative) refuse("the device does not support cooperative launches");
-  LstmPath p;
+  CudaPath p;
   p.tc_plan = cuda::plan_tensorcore(batch, hidden, static_cast<int>(c10::elementSize(dtype)),
                                     l.sms, l.smem_optin, backward);
   if (!p.tc_plan.fits) refuse(p.tc_plan.why_not);
-  if (!all_blocks_resident(p.tc_plan, dtype, backward, device, l.sms)) {
+  if (!all_blocks_resident(p.tc_plan, PathCell::kLstm, dtype, backward, device, l.sms)) {
     refuse("its blocks cannot all be resident at once on this device");
   }
   const cuda::TensorCoreLayout& t = p.tc_plan.layout;
@@ -147,23 +153,28 @@ LstmPath tensorcore_path(int64_t batch, int64_t hidden, at::ScalarType dtype, bo
 
 }  // namespace
 
-LstmPath choose_lstm_path(int64_t batch, int64_t hidden, at::ScalarType dtype, bool projected,
-                          bool packed, bool backward, int device) {
+CudaPath choose_cuda_path(PathCell cell, int64_t batch, int64_t hidden, at::ScalarType dtype,
+                          bool projected, bool packed, bool backward, int device) {
   const Choice choice = requested_path();
+  const bool gru = cell == PathCell::kGru;
+  LSTM_EXT_CHECK(!(gru && choice == Choice::kTensorCore),
+                 "LSTM_EXT_CUDA_PATH=tensorcore: there is no tensor-core GRU kernel (only the LSTM "
+                 "has one); a GRU takes LSTM_EXT_CUDA_PATH=auto, standard or persistent");
   const bool forced = choice == Choice::kPersistent;
   if (batch == 0) return standard("empty batch");
   if (packed && capturing(device)) return standard("packed input during CUDA graph capture");
   auto refuse = [&](const std::string& why) {
-    LSTM_EXT_CHECK(!forced,
-                   "LSTM_EXT_CUDA_PATH=persistent: this LSTM cannot run the persistent kernel: ",
-                   why, " (batch ", batch, ", hidden ", hidden, ", dtype ", dtype,
-                   projected ? ", with proj_size" : "", ")");
+    LSTM_EXT_CHECK(!forced, "LSTM_EXT_CUDA_PATH=persistent: this ", cell_name(cell),
+                   " cannot run the persistent kernel: ", why, " (batch ", batch, ", hidden ",
+                   hidden, ", dtype ", dtype, projected ? ", with proj_size" : "", ")");
     return standard(why);
   };
   if (choice == Choice::kStandard) return standard("LSTM_EXT_CUDA_PATH=standard");
   if (choice == Choice::kTensorCore) {
     return tensorcore_path(batch, hidden, dtype, projected, backward, device);
   }
+  // Until the persistent GRU kernel has run on a GPU, only a forced path takes it.
+  if (gru && !forced) return standard("persistent GRU kernel not yet verified on a GPU");
   if (dtype != at::kFloat && dtype != at::kHalf && dtype != at::kBFloat16) {
     return refuse("float64 runs the standard path");
   }
@@ -173,16 +184,16 @@ LstmPath choose_lstm_path(int64_t batch, int64_t hidden, at::ScalarType dtype, b
   }
   const DeviceLimits l = limits_of(device);
   if (!l.cooperative) return refuse("the device does not support cooperative launches");
-  LstmPath p;
+  CudaPath p;
   p.plan = cuda::plan_persistent(batch, hidden, c10::elementSize(dtype), l.sms, l.smem_optin,
-                                 backward);
+                                 backward, gru ? cuda::kGruGates : cuda::kLstmGates);
   if (!p.plan.fits) return refuse(p.plan.why_not);
   // Fewer rows per tile than a warp's row group re-reads the W_hh slice per row.
   const int64_t min_tile = batch < 4 ? batch : 4;
   if (!forced && p.plan.tile_rows < min_tile) {
     return standard("only " + std::to_string(p.plan.tile_rows) + " rows per tile fit next to W_hh");
   }
-  if (!all_blocks_resident(p.plan, dtype, backward, device, l.sms)) {
+  if (!all_blocks_resident(p.plan, cell, dtype, backward, device, l.sms)) {
     return refuse("its blocks cannot all be resident at once on this device");
   }
   p.persistent = true;
@@ -195,9 +206,12 @@ LstmPath choose_lstm_path(int64_t batch, int64_t hidden, at::ScalarType dtype, b
 
 TORCH_LIBRARY_IMPL(lstm_ext, CompositeImplicitAutograd, m) {
   m.impl("cuda_lstm_path", [](int64_t batch, int64_t hidden, at::ScalarType dtype, bool projected,
-                              bool backward, int64_t device) {
+                              bool backward, int64_t device, c10::string_view cell) {
+    LSTM_EXT_CHECK(cell == "lstm" || cell == "gru",
+                   "cuda_lstm_path: cell must be 'lstm' or 'gru', got '", std::string(cell), "'");
     const int index = device >= 0 ? static_cast<int>(device) : c10::cuda::current_device();
-    return choose_lstm_path(batch, hidden, dtype, projected, /*packed=*/false, backward, index)
+    return choose_cuda_path(cell == "gru" ? PathCell::kGru : PathCell::kLstm, batch, hidden,
+                            dtype, projected, /*packed=*/false, backward, index)
         .description;
   });
 }

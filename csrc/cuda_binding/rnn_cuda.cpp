@@ -1,10 +1,10 @@
 // CUDA binding of the vanilla RNN ops, structured like lstm_cuda.cpp: one
 // GEMM for the input projection of every step, per step one GEMM and one
-// fused elementwise kernel (csrc/cuda/kernels.h), and the weight and input
-// gradients as one GEMM each after the backward loop. h lives in a
-// full-batch state buffer that ends as h_n (and its gradient as grad_h0).
+// fused elementwise kernel (csrc/cuda/kernels.h; the loops: step_loop.h), and
+// the weight and input gradients as one GEMM each after the backward loop. h
+// lives in a full-batch state buffer that ends as h_n (and its gradient as
+// grad_h0).
 #include <ATen/ATen.h>
-#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -12,6 +12,7 @@
 #include "cuda/kernels.h"
 #include "cuda_binding/cuda_tensors.h"
 #include "cuda_binding/gemm.h"
+#include "cuda_binding/step_loop.h"
 #include "rnn_checks.h"
 #include "step_layout.h"
 #include "tensor_args.h"
@@ -42,22 +43,19 @@ std::tuple<Tensor, Tensor> rnn_forward_cuda(const Tensor& x_in, const Tensor& w_
 
   LSTM_EXT_DISPATCH_CUDA(x.scalar_type(), "rnn_forward_cuda", [&] {
     using C = cuda::Compute<T>;
-    for (int64_t s = 0; s < L.steps(); ++s) {
-      const int64_t t = L.time_at(s, reverse), rows = L.rows(t), off = L.offset(t);
-      Tensor rec_rows = row_block(rec, 0, rows);
-      mm_out(rec_rows, row_block(h_state, 0, rows), w_hh.t(), prec);
+    auto step_kernel = [&](const Step& st) {
       cuda::RnnStepForward<T> a{};
-      a.rows = rows;
+      a.rows = st.rows;
       a.H = H;
       a.relu = relu;
-      a.proj = ptr<T>(proj) + off * H;
+      a.proj = ptr<T>(proj) + st.off * H;
       a.rec = ptr<T>(rec);
       a.bias = ptr_or_null<C>(bias_c);
-      a.h_out = ptr<T>(y2d) + off * H;
+      a.h_out = ptr<T>(y2d) + st.off * H;
       a.h_state = ptr<T>(h_state);
       cuda::rnn_step_forward<T>(a, stream);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
+    };
+    forward_steps(L, reverse, rec, h_state, w_hh, prec, step_kernel);
   });
   return {y, h_state};
 }
@@ -82,21 +80,18 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> rnn_backward_cuda(
   const cudaStream_t stream = current_stream();
 
   LSTM_EXT_DISPATCH_CUDA(x.scalar_type(), "rnn_backward_cuda", [&] {
-    for (int64_t s = L.steps() - 1; s >= 0; --s) {
-      const int64_t t = L.time_at(s, reverse), rows = L.rows(t), off = L.offset(t);
+    auto step_kernel = [&](const Step& st) {
       cuda::RnnStepBackward<T> a{};
-      a.rows = rows;
+      a.rows = st.rows;
       a.H = H;
       a.relu = relu;
-      a.h = ptr<T>(y2d) + off * H;
+      a.h = ptr<T>(y2d) + st.off * H;
       a.grad_h = ptr<T>(grad_h);
-      a.grad_y = grad_y.defined() ? ptr<T>(grad_y) + off * H : nullptr;
-      a.dpre = ptr<T>(d_pre) + off * H;
+      a.grad_y = grad_y.defined() ? ptr<T>(grad_y) + st.off * H : nullptr;
+      a.dpre = ptr<T>(d_pre) + st.off * H;
       cuda::rnn_step_backward<T>(a, stream);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      Tensor grad_h_rows = row_block(grad_h, 0, rows);
-      mm_out(grad_h_rows, step_rows(d_pre, L, t), w_hh, prec);
-    }
+    };
+    backward_steps(L, reverse, grad_h, d_pre, w_hh, GradH::kOverwrite, prec, step_kernel);
   });
 
   const Tensor h_prev = previous_states(y2d, h0.contiguous(), L, reverse, d.seq.packed);
